@@ -1,0 +1,1 @@
+"""HTTP API: one router per dialect over the same engine."""

@@ -1,0 +1,91 @@
+"""OpenAI Batch API: `/v1/batches`."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from batchgate.api.auth import Principal, authenticate
+from batchgate.api.params import int_param, json_object
+from batchgate.api.responses import JSON
+from batchgate.api.serialize import batch_object, page
+from batchgate.batch_params import new_batch_row, parse_batch_params
+from batchgate.errors import Conflict, InvalidRequest, NotFound
+from batchgate.gateway import Gateway
+from batchgate.store.queries import TERMINAL_STATUSES, Row
+
+CANCELLABLE = ("validating", "in_progress")
+
+
+async def create_batch_row(gateway: Gateway, principal: Principal, data: dict) -> Row:
+    """Validate the create parameters and store a new `validating` batch (the engine takes it from there)."""
+    params = parse_batch_params(data)
+    file = await gateway.store.get_file(params.input_file_id, int(time.time()), team_id=principal.team_id)
+    if file is None:
+        raise NotFound(f"no such file: {params.input_file_id!r}", param="input_file_id", code="file_not_found")
+    if file["purpose"] != "batch":
+        raise InvalidRequest(f"file {file['id']} has purpose {file['purpose']!r}; a batch input needs 'batch'",
+                             param="input_file_id", code="invalid_file_purpose")
+    row = new_batch_row(params, team_id=principal.team_id, now=int(time.time()))
+    await gateway.store.insert_batch(row)
+    gateway.notify()
+    stored = await gateway.store.get_batch(row["id"])
+    assert stored is not None
+    return stored
+
+
+async def create_batch(request: Request) -> JSON:
+    principal = authenticate(request)
+    row = await create_batch_row(request.app.state.gateway, principal, await json_object(request))
+    return JSON(batch_object(row))
+
+
+async def list_batches(request: Request) -> JSON:
+    principal = authenticate(request)
+    gateway: Gateway = request.app.state.gateway
+    limit = int_param(request, "limit", 20, 1, 100)
+    rows = await gateway.store.list_batches(after=request.query_params.get("after") or None, limit=limit + 1,
+                                            team_id=principal.team_id)
+    return JSON(page([batch_object(r) for r in rows[:limit]], len(rows) > limit))
+
+
+async def visible_batch(request: Request, principal: Principal) -> Row:
+    gateway: Gateway = request.app.state.gateway
+    batch_id = request.path_params["batch_id"]
+    row = await gateway.store.get_batch(batch_id, team_id=principal.team_id)
+    if row is None:
+        raise NotFound(f"no such batch: {batch_id!r}", param="batch_id", code="batch_not_found")
+    return row
+
+
+async def retrieve_batch(request: Request) -> JSON:
+    return JSON(batch_object(await visible_batch(request, authenticate(request))))
+
+
+async def cancel_batch(request: Request) -> JSON:
+    principal = authenticate(request)
+    gateway: Gateway = request.app.state.gateway
+    row = await visible_batch(request, principal)
+    if row["status"] in TERMINAL_STATUSES or row["status"] == "finalizing":
+        raise Conflict(f"batch {row['id']} is {row['status']} and can no longer be cancelled", param="batch_id",
+                       code="batch_not_cancellable")
+    if row["status"] in CANCELLABLE:
+        moved = await gateway.store.transition(row["id"], CANCELLABLE, "cancelling", cancelling_at=int(time.time()))
+        if not moved:  # it finished meanwhile
+            raise Conflict(f"batch {row['id']} can no longer be cancelled", param="batch_id",
+                           code="batch_not_cancellable")
+        gateway.notify()
+    fresh = await gateway.store.get_batch(row["id"])
+    assert fresh is not None
+    return JSON(batch_object(fresh))
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/batches", create_batch, methods=["POST"]),
+        Route("/batches", list_batches, methods=["GET"]),
+        Route("/batches/{batch_id}", retrieve_batch, methods=["GET"]),
+        Route("/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
+    ]

@@ -1,0 +1,48 @@
+"""Parsing query parameters and JSON bodies into clear 400s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from batchgate.errors import InvalidRequest
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an integer, got {raw!r}", param=name,
+                             code="invalid_parameter") from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be between {low} and {high}, got {value}", param=name,
+                             code="invalid_parameter")
+    return value
+
+
+def choice_param(request: Request, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = request.query_params.get(name) or default
+    if value not in choices:
+        raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}, got {value!r}", param=name,
+                             code="invalid_parameter")
+    return value
+
+
+async def json_object(request: Request, max_bytes: int = 1 << 20) -> dict[str, Any]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise InvalidRequest(f"the JSON body is larger than {max_bytes} bytes", code="invalid_request")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    return data

@@ -1,0 +1,63 @@
+"""The ASGI application: routers mounted per dialect over one gateway (store, blobs, engine)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.routing import Mount
+
+from batchgate.api import batches, files, ops
+from batchgate.api.responses import JSON
+from batchgate.config import Settings
+from batchgate.errors import APIError
+from batchgate.gateway import open_gateway
+
+log = logging.getLogger(__name__)
+
+
+async def _api_error(_: Request, exc: Exception) -> JSON:
+    assert isinstance(exc, APIError)
+    return JSON(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSON:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"unknown route: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                      "code": "not_found" if exc.status_code == 404 else None}}
+    return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSON:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = {"error": {"message": "internal server error; see the server log", "type": "server_error",
+                      "param": None, "code": "internal_error"}}
+    return JSON(body, status_code=500)
+
+
+def openai_routes() -> list:
+    return [*files.routes(), *batches.routes(), *ops.model_routes()]
+
+
+def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_gateway(settings, run_engine=run_engine) as gateway:
+            app.state.gateway = gateway
+            yield
+
+    return Starlette(
+        routes=[*ops.routes(), Mount("/v1", routes=openai_routes())],
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,185 @@
+"""The `batchgate` command: server, worker, offline runs, a client for a running server, admin."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from batchgate.config import ConfigError, Settings, check_bind_is_safe, load_settings
+
+app = typer.Typer(help="batchgate: a self-hosted LLM batch gateway that executes batches itself.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="batchgate.yaml (default: "
+                                                   "$BATCHGATE_CONFIG or ./batchgate.yaml)")]
+BaseUrlOption = Annotated[str, typer.Option("--base-url", envvar="BATCHGATE_BASE_URL",
+                                            help="the server's OpenAI base URL")]
+ApiKeyOption = Annotated[str | None, typer.Option("--api-key", envvar="BATCHGATE_API_KEY",
+                                                  help="API key (default: $BATCHGATE_API_KEY)")]
+DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=os.environ.get("BATCHGATE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(config: ConfigOption = None,
+          host: Annotated[str | None, typer.Option(help="bind address (default from config: 127.0.0.1)")] = None,
+          port: Annotated[int | None, typer.Option(help="port (default from config: 8080)")] = None,
+          no_engine: Annotated[bool, typer.Option("--no-engine", help="API only; workers run batches")] = False,
+          ) -> None:
+    """Run the API server with its batch engine."""
+    import uvicorn
+
+    from batchgate.app import create_app
+
+    settings = _settings(config)
+    bind_host = host or settings.server.host
+    try:
+        check_bind_is_safe(settings, bind_host)
+    except ConfigError as exc:
+        _fail(str(exc))
+    _logging()
+    uvicorn.run(create_app(settings, run_engine=not no_engine), host=bind_host, port=port or settings.server.port,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+
+
+@app.command()
+def worker(config: ConfigOption = None) -> None:
+    """Run the batch engine without the API (scale-out: several workers share one database)."""
+    from batchgate.gateway import open_gateway
+
+    settings = _settings(config)
+    _logging()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with open_gateway(settings, run_engine=True):
+            logging.getLogger("batchgate").info("worker running; SIGTERM stops it")
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+@app.command()
+def migrate(config: ConfigOption = None) -> None:
+    """Create or upgrade the database schema."""
+    from batchgate.store.database import create_engine
+    from batchgate.store.migrate import upgrade_to_head
+
+    settings = _settings(config)
+
+    async def main() -> None:
+        engine = create_engine(settings.storage.database)
+        try:
+            await upgrade_to_head(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    typer.echo(f"database at {settings.storage.database} is up to date")
+
+
+@app.command()
+def run(input_file: Annotated[Path, typer.Argument(help="the batch input, OpenAI JSONL")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="where successful results go")],
+        errors: Annotated[Path | None, typer.Option("--errors", help="where failed requests go "
+                                                    "(default: OUTPUT with .errors.jsonl)")] = None,
+        model: Annotated[str | None, typer.Option("--model", help="run every line on this model instead")] = None,
+        config: ConfigOption = None) -> None:
+    """Run one batch file in-process, no server needed; re-running resumes where it stopped."""
+    from batchgate.offline import run_offline
+
+    settings = _settings(config)
+    if not input_file.is_file():
+        _fail(f"{input_file} is not a file")
+    errors_path = errors or output.with_name(output.stem + ".errors.jsonl")
+    try:
+        code = run_offline(settings, input_file, output, errors_path, model)
+    except ConfigError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def submit(input_file: Annotated[Path, typer.Argument(help="the batch input, OpenAI JSONL")],
+           endpoint: Annotated[str, typer.Option(help="the endpoint every line calls")] = "/v1/chat/completions",
+           completion_window: Annotated[str, typer.Option(help="24h, or any <n>s|m|h|d")] = "24h",
+           wait: Annotated[bool, typer.Option("--wait", help="follow progress until the batch ends")] = False,
+           output_dir: Annotated[Path | None, typer.Option("--download", "-d",
+                                                           help="with --wait: save results here")] = None,
+           base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """Upload a file to a running server and start a batch on it."""
+    from batchgate import client
+
+    raise typer.Exit(client.submit(base_url, api_key, input_file, endpoint, completion_window, wait, output_dir))
+
+
+@app.command()
+def status(batch_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """Show one batch."""
+    from batchgate import client
+
+    client.show_status(base_url, api_key, batch_id)
+
+
+@app.command("list")
+def list_(limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
+          base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """List batches, newest first."""
+    from batchgate import client
+
+    client.list_batches(base_url, api_key, limit)
+
+
+@app.command()
+def cancel(batch_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """Cancel a batch: finished results are kept, the rest end as batch_cancelled."""
+    from batchgate import client
+
+    client.cancel(base_url, api_key, batch_id)
+
+
+@app.command()
+def download(batch_id: str, output_dir: Annotated[Path, typer.Option("--output", "-o", help="directory")],
+             base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """Save a finished batch's output and error files into a directory."""
+    from batchgate import client
+
+    client.download(base_url, api_key, batch_id, output_dir)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

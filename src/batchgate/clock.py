@@ -1,0 +1,11 @@
+"""Wall-clock helpers: the API speaks Unix seconds."""
+
+import time
+
+
+def now() -> float:
+    return time.time()
+
+
+def now_s() -> int:
+    return int(time.time())

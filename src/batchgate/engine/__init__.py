@@ -1,0 +1,1 @@
+"""The batch engine: validation, scheduling, upstream calls, results and the batch lifecycle."""

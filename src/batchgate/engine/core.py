@@ -1,0 +1,66 @@
+"""The engine as one object: a dispatcher, a result writer and the lifecycle loop, started together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from batchgate import ids
+from batchgate.blobs import BlobStore
+from batchgate.config import Settings
+from batchgate.engine.deployments import build_pools, close_pools
+from batchgate.engine.dispatcher import Dispatcher
+from batchgate.engine.lifecycle import Lifecycle
+from batchgate.engine.writer import ResultWriter
+from batchgate.store.queries import Store
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, settings: Settings, store: Store, blobs: BlobStore, *, single_node: bool,
+                 on_batch_done: Callable[[str], None] | None = None) -> None:
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-6:]}"
+        self._store = store
+        self._single_node = single_node
+        self.pools = build_pools(settings)
+        self.writer = ResultWriter(store, settings.engine.flush_interval_s, settings.engine.flush_max_results,
+                                   on_flushed=self._on_flushed)
+        self.dispatcher = Dispatcher(store, blobs, self.pools, self.writer, settings.engine, self.owner)
+        self.lifecycle = Lifecycle(settings, store, blobs, self.dispatcher, self.writer, self.owner,
+                                   on_batch_done=on_batch_done)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _on_flushed(self) -> None:
+        self.lifecycle.wake()  # counters moved: a batch may be ready to finalise
+
+    def notify(self) -> None:
+        """Something changed through the API (new batch, cancel): look now, not at the next poll."""
+        self.lifecycle.wake()
+
+    async def start(self) -> None:
+        if self._single_node:
+            # SQLite means one process owns the database: whatever was running when it last
+            # stopped (even by kill -9) belongs to nobody now and can start again at once.
+            released = await self._store.release_all_leases()
+            if released:
+                log.warning("re-queued %d requests that were in flight when the last run stopped", released)
+        self.writer.start()
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(self.lifecycle.run(), name="lifecycle"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming, abandon in-flight calls, store what finished and hand the rest back."""
+        await self.lifecycle.stop()
+        await self.dispatcher.stop()
+        await self.writer.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._store.release_all_leases(self.owner)
+        await close_pools(self.pools)

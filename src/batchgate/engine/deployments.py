@@ -1,0 +1,66 @@
+"""Deployments at run time: each one's client and how many requests it has in flight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from batchgate.config import DeploymentConfig, ModelConfig, Settings
+from batchgate.upstreams.base import Upstream
+
+
+def make_upstream(model: ModelConfig, config: DeploymentConfig) -> Upstream:
+    if config.provider == "local":
+        from batchgate.upstreams.local_llama import LocalLlamaUpstream
+
+        return LocalLlamaUpstream(model.name, config.model_path, config.max_concurrency, config.n_ctx)
+    from batchgate.upstreams.openai_compat import OpenAICompatUpstream
+
+    assert config.base_url is not None and config.model is not None
+    return OpenAICompatUpstream(config.base_url, config.api_key, config.model, config.max_concurrency)
+
+
+@dataclass(eq=False)
+class Deployment:
+    config: DeploymentConfig
+    upstream: Upstream
+    in_flight: int = 0  # includes requests waiting out a retry backoff: they hold their slot
+
+    @property
+    def name(self) -> str:
+        assert self.config.name is not None
+        return self.config.name
+
+    @property
+    def free(self) -> int:
+        return max(0, self.config.max_concurrency - self.in_flight)
+
+
+@dataclass(eq=False)
+class ModelPool:
+    """All deployments serving one model name."""
+
+    model: ModelConfig
+    deployments: list[Deployment] = field(default_factory=list)
+
+    def free_slots(self) -> int:
+        return sum(d.free for d in self.deployments)
+
+    def pick(self) -> Deployment | None:
+        """The deployment with a free slot and the fewest requests in flight per unit of weight."""
+        candidates = [d for d in self.deployments if d.free > 0]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda d: (d.in_flight + 1) / d.config.weight)
+
+
+def build_pools(settings: Settings) -> dict[str, ModelPool]:
+    return {
+        model.name: ModelPool(model, [Deployment(d, make_upstream(model, d)) for d in model.deployments])
+        for model in settings.models
+    }
+
+
+async def close_pools(pools: dict[str, ModelPool]) -> None:
+    for pool in pools.values():
+        for deployment in pool.deployments:
+            await deployment.upstream.close()

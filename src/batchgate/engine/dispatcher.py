@@ -1,0 +1,215 @@
+"""The coordinator: claims exactly as many rows as there are free slots, fairly, and runs them.
+
+One per process. It knows the free slots of every deployment, so a slow request never holds
+back a claimed chunk: rows are leased on demand (the Oban / Solid Queue / pg-boss pattern).
+Batches of one model share its slots round robin, visited in earliest-deadline-first order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchgate.aio import wait_for_event
+from batchgate.blobs import BlobStore
+from batchgate.config import EngineConfig
+from batchgate.engine import metrics
+from batchgate.engine.deployments import Deployment, ModelPool
+from batchgate.engine.retry import backoff_s, is_retryable
+from batchgate.engine.usage import extract_usage
+from batchgate.engine.writer import ResultWriter
+from batchgate.store.queries import ClaimedRequest, FinishedRequest, Store
+from batchgate.upstreams.base import UpstreamReply
+
+log = logging.getLogger(__name__)
+
+# Wait this long after a slot frees for others to free too, so one claim query serves several.
+CLAIM_COALESCE_S = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveBatch:
+    id: str
+    model: str
+    endpoint: str
+    input_file_id: str
+    expires_at: int
+
+
+class Dispatcher:
+    def __init__(self, store: Store, blobs: BlobStore, pools: dict[str, ModelPool], writer: ResultWriter,
+                 engine_config: EngineConfig, owner: str) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._pools = pools
+        self._writer = writer
+        self._config = engine_config
+        self._owner = owner
+        self._wake = asyncio.Event()
+        self._active: list[ActiveBatch] = []
+        self._tasks: dict[str, set[asyncio.Task[None]]] = defaultdict(set)
+        self._cursor: dict[str, int] = defaultdict(int)
+        self._stopping = False
+
+    # ------------------------------------------------------------ control from the lifecycle loop
+    def set_active(self, batches: list[ActiveBatch]) -> None:
+        """The batches allowed to dispatch, in earliest-deadline-first order."""
+        self._active = batches
+        live = {b.id for b in batches}
+        for batch_id in [b for b in self._tasks if b not in live]:
+            self.cancel_batch(batch_id)
+        self.wake()
+
+    def cancel_batch(self, batch_id: str) -> int:
+        """Stop this process's in-flight requests of a batch; their rows get a terminal result elsewhere."""
+        tasks = self._tasks.pop(batch_id, set())
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    def in_flight(self, batch_id: str) -> int:
+        return len(self._tasks.get(batch_id, ()))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------ the loop
+    async def run(self) -> None:
+        while not self._stopping:
+            await wait_for_event(self._wake, self._config.poll_interval_s)
+            if self._stopping:
+                break
+            try:
+                busy = any(p.free_slots() < sum(d.config.max_concurrency for d in p.deployments)
+                           for p in self._pools.values())
+                if busy:
+                    await asyncio.sleep(CLAIM_COALESCE_S)
+                await self._claim_round()
+            except Exception:
+                log.exception("claim round failed; retrying")
+                await asyncio.sleep(self._config.poll_interval_s)
+
+    async def stop(self) -> None:
+        """Stop claiming and abandon in-flight calls; their leases are released by the caller."""
+        self._stopping = True
+        self._wake.set()
+        tasks = [t for group in self._tasks.values() for t in group]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _claim_round(self) -> None:
+        by_model: dict[str, list[ActiveBatch]] = defaultdict(list)
+        for batch in self._active:
+            by_model[batch.model].append(batch)
+        for model, batches in by_model.items():
+            pool = self._pools.get(model)
+            if pool is None:
+                continue
+            free = pool.free_slots()
+            if free <= 0:
+                continue
+            for batch, claimed in await self._claim_fairly(model, batches, free):
+                await self._start(batch, pool, claimed)
+
+    async def _claim_fairly(self, model: str, batches: list[ActiveBatch], free: int
+                            ) -> list[tuple[ActiveBatch, list[ClaimedRequest]]]:
+        """Split `free` slots round robin over the batches, then give leftovers to batches with more work."""
+        start = self._cursor[model] % len(batches)
+        order = batches[start:] + batches[:start]
+        self._cursor[model] += 1
+        now = time.time()
+        lease_until = now + self._config.lease_s
+        out: list[tuple[ActiveBatch, list[ClaimedRequest]]] = []
+        hungry = order
+        while free > 0 and hungry:  # ends: each pass claims something or drops a batch
+            share = max(1, free // len(hungry))
+            still_hungry = []
+            for batch in hungry:
+                if free <= 0:
+                    break
+                want = min(share, free)
+                claimed = await self._store.claim(batch.id, self._owner, want, now, lease_until)
+                if claimed:
+                    out.append((batch, claimed))
+                    free -= len(claimed)
+                if len(claimed) == want:
+                    still_hungry.append(batch)
+            hungry = still_hungry
+        return out
+
+    async def _start(self, batch: ActiveBatch, pool: ModelPool, claimed: list[ClaimedRequest]) -> None:
+        lines = await self._blobs.read_ranges(batch.input_file_id, [(c.offset, c.length) for c in claimed])
+        for request, line in zip(claimed, lines, strict=True):
+            deployment = pool.pick()
+            if deployment is None:  # cannot happen: we claimed no more than the free slots
+                break
+            deployment.in_flight += 1
+            task = asyncio.create_task(self._execute(batch, request, line, deployment))
+            self._tasks[batch.id].add(task)
+            task.add_done_callback(lambda t, b=batch.id, d=deployment: self._done(b, d, t))
+            metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).inc()
+
+    def _done(self, batch_id: str, deployment: Deployment, task: asyncio.Task[None]) -> None:
+        deployment.in_flight -= 1
+        metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).dec()
+        group = self._tasks.get(batch_id)
+        if group is not None:
+            group.discard(task)
+            if not group:
+                del self._tasks[batch_id]
+        self._wake.set()
+
+    async def _execute(self, batch: ActiveBatch, request: ClaimedRequest, line: bytes,
+                       deployment: Deployment) -> None:
+        try:
+            body = orjson.loads(line)["body"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self._finish(batch, request, UpstreamReply(None, error_code="invalid_request",
+                                                       error_message="the input line could not be read"))
+            return
+        config = deployment.config
+        attempt = 0
+        while True:
+            attempt += 1
+            reply = await deployment.upstream.send(batch.endpoint, body, config.timeout_s)
+            metrics.UPSTREAM_REPLIES.labels(deployment.name, str(reply.status_code or reply.error_code)).inc()
+            if reply.answered and 200 <= (reply.status_code or 0) < 300:
+                break
+            if not is_retryable(reply) or attempt >= config.max_attempts:
+                break
+            await asyncio.sleep(backoff_s(attempt, self._config.backoff_base_s, self._config.backoff_max_s,
+                                          reply.retry_after_s))
+        self._finish(batch, request, reply)
+
+    def _finish(self, batch: ActiveBatch, request: ClaimedRequest, reply: UpstreamReply) -> None:
+        ok = reply.answered and 200 <= (reply.status_code or 0) < 300
+        body_text, parsed = _json_text(reply.body)
+        tokens = extract_usage(parsed) if ok else (0, 0, 0, 0)
+        self._writer.add(FinishedRequest(
+            batch_id=batch.id, line_no=request.line_no, custom_id=request.custom_id, ok=ok,
+            status_code=reply.status_code, upstream_request_id=reply.request_id, body=body_text,
+            error_code=None if reply.answered else reply.error_code,
+            error_message=None if reply.answered else reply.error_message,
+            finished_at=time.time(), input_tokens=tokens[0], cached_tokens=tokens[1],
+            output_tokens=tokens[2], reasoning_tokens=tokens[3],
+        ))
+        metrics.REQUESTS_FINISHED.labels("succeeded" if ok else "failed").inc()
+
+
+def _json_text(body: bytes | None) -> tuple[str | None, Any]:
+    """The body as JSON text for the output file; a non-JSON answer (an HTML 502 page) becomes a string."""
+    if body is None:
+        return None, None
+    try:
+        parsed = orjson.loads(body)
+        return body.decode("utf-8"), parsed
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        text = body.decode("utf-8", errors="replace")
+        return orjson.dumps(text).decode(), text

@@ -1,0 +1,212 @@
+"""Every batch status change the engine makes: validate, start, expire, cancel, finalise.
+
+Each step is a conditional update (`WHERE status IN …`), so a step repeated after a crash, or
+raced by another worker, happens once. Grep `transition(` and `finish_batch(` to find them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from batchgate.aio import wait_for_event
+from batchgate.blobs import BlobStore
+from batchgate.config import Settings
+from batchgate.engine import metrics
+from batchgate.engine.dispatcher import ActiveBatch, Dispatcher
+from batchgate.engine.finalize import write_result_files
+from batchgate.engine.validate import validate_input
+from batchgate.engine.writer import ResultWriter
+from batchgate.store.queries import ACTIVE_STATUSES, Row, Store
+
+log = logging.getLogger(__name__)
+
+MAX_PARALLEL_VALIDATIONS = 2
+HOUSEKEEPING_EVERY_S = 10.0
+
+
+class Lifecycle:
+    def __init__(self, settings: Settings, store: Store, blobs: BlobStore, dispatcher: Dispatcher,
+                 writer: ResultWriter, owner: str, on_batch_done: Callable[[str], None] | None = None) -> None:
+        self._settings = settings
+        self._store = store
+        self._blobs = blobs
+        self._dispatcher = dispatcher
+        self._writer = writer
+        self._owner = owner
+        self._wake = asyncio.Event()
+        self._validations: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._last_housekeeping = 0.0
+        self._on_batch_done = on_batch_done
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("lifecycle tick failed; retrying")
+            await wait_for_event(self._wake, self._settings.engine.poll_interval_s)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in self._validations.values():
+            task.cancel()
+        await asyncio.gather(*self._validations.values(), return_exceptions=True)
+
+    async def tick(self) -> None:
+        now = time.time()
+        active: list[ActiveBatch] = []
+        for batch in await self._store.batches_with_status(ACTIVE_STATUSES):
+            status = batch["status"]
+            if status == "validating":
+                self._start_validation(batch)
+            elif status == "in_progress":
+                if now >= batch["expires_at"]:
+                    await self._stop_early(batch, "in_progress", "expired", "batch_expired",
+                                           "the batch's completion window ended before this request ran")
+                elif batch["completed"] + batch["failed"] >= batch["total"]:
+                    await self._complete(batch)
+                else:
+                    active.append(ActiveBatch(batch["id"], batch["model_override"] or batch["model"],
+                                              batch["endpoint"], batch["input_file_id"], batch["expires_at"]))
+            elif status == "finalizing":
+                await self._complete(batch)
+            elif status == "cancelling":
+                await self._cancel(batch)
+        self._dispatcher.set_active(active)
+        if now - self._last_housekeeping >= HOUSEKEEPING_EVERY_S:
+            self._last_housekeeping = now
+            await self._housekeeping(now)
+
+    # ------------------------------------------------------------------ validation
+    def _start_validation(self, batch: Row) -> None:
+        if batch["id"] in self._validations or len(self._validations) >= MAX_PARALLEL_VALIDATIONS:
+            return
+        task = asyncio.create_task(self._validate(batch), name=f"validate-{batch['id']}")
+        self._validations[batch["id"]] = task
+        task.add_done_callback(lambda _t, b=batch["id"]: self._validation_done(b))
+
+    def _validation_done(self, batch_id: str) -> None:
+        self._validations.pop(batch_id, None)
+        self.wake()
+
+    async def _validate(self, batch: Row) -> None:
+        batch_id = batch["id"]
+        await self._store.delete_requests(batch_id)  # a validation cut short by a crash starts over
+        file = await self._store.get_file(batch["input_file_id"], int(time.time()))
+        if file is None:
+            await self._fail(batch_id, [{"code": "missing_required_parameter", "param": "input_file_id",
+                                         "line": None, "message": "the input file no longer exists"}], 1)
+            return
+
+        async def write_rows(rows: list[dict[str, Any]]) -> None:
+            await self._store.insert_requests([
+                {**r, "batch_id": batch_id, "state": "pending", "attempts": 0, "next_attempt_at": 0.0}
+                for r in rows
+            ])
+
+        async def cancelled() -> bool:
+            current = await self._store.get_batch(batch_id)
+            return current is None or current["status"] != "validating"
+
+        report = await validate_input(
+            self._blobs, file["id"], file["bytes"], batch["endpoint"], self._settings.limits,
+            [m.name for m in self._settings.models], batch["model_override"], write_rows, cancelled,
+        )
+        if report is None:
+            return
+        if not report.ok:
+            await self._store.delete_requests(batch_id)
+            await self._fail(batch_id, report.errors, report.error_count)
+            return
+        assert report.model is not None
+        if await self._store.start_batch(batch_id, model=report.model, total=report.total, now=int(time.time())):
+            log.info("batch %s validated: %d requests for %s", batch_id, report.total, report.model)
+
+    async def _fail(self, batch_id: str, errors: list[dict[str, Any]], count: int) -> None:
+        body = orjson.dumps({"object": "list", "data": errors, "total": count}).decode()
+        if await self._store.transition(batch_id, ["validating"], "failed", errors=body, failed_at=int(time.time())):
+            metrics.BATCHES_FINISHED.labels("failed").inc()
+            self._done(batch_id)
+
+    # ------------------------------------------------------------------ ending a batch
+    async def _complete(self, batch: Row) -> None:
+        now = int(time.time())
+        if batch["status"] == "in_progress" and not await self._store.transition(
+                batch["id"], ["in_progress"], "finalizing", finalizing_at=now):
+            return
+        await self._write_files_and_finish(batch, "finalizing", "completed", completed_at=now)
+
+    async def _cancel(self, batch: Row) -> None:
+        if batch["id"] in self._validations:
+            return  # the validation sees the cancel at its next chunk and stops; finish after it
+        if batch["in_progress_at"] is None:  # cancelled before validation finished: nothing ran
+            await self._store.delete_requests(batch["id"])
+            await self._finish_without_files(batch, "cancelling", "cancelled", cancelled_at=int(time.time()))
+            return
+        await self._stop_early(batch, "cancelling", "cancelled", "batch_cancelled",
+                               "the batch was cancelled before this request finished")
+
+    async def _stop_early(self, batch: Row, from_status: str, to_status: str, code: str, message: str) -> None:
+        """Expiry and cancellation: keep every finished result, end the rest with `code`."""
+        self._dispatcher.cancel_batch(batch["id"])
+        await self._writer.flush()  # results that arrived before the cut still count as answers
+        await self._store.terminate_unfinished(batch["id"], ["pending", "running"], code, message, time.time())
+        fresh = await self._store.get_batch(batch["id"])
+        if fresh is None or fresh["status"] != from_status:
+            return
+        stamp = {"expired": "expired_at", "cancelled": "cancelled_at"}[to_status]
+        await self._write_files_and_finish(fresh, from_status, to_status, **{stamp: int(time.time())})
+
+    async def _write_files_and_finish(self, batch: Row, from_status: str, to_status: str, **stamps: int) -> None:
+        now = int(time.time())
+        fresh = await self._store.get_batch(batch["id"])
+        if fresh is None or fresh["status"] != from_status:
+            return
+        new_files = await write_result_files(self._store, self._blobs, fresh, now)
+        output, error = new_files.get("output"), new_files.get("error")
+        finished = await self._store.finish_batch(
+            batch["id"], [from_status], to_status, list(new_files.values()),
+            output_file_id=output["id"] if output else None, error_file_id=error["id"] if error else None,
+            **stamps,
+        )
+        if not finished:  # someone else finished it first: our copies are surplus
+            for row in new_files.values():
+                await self._blobs.delete(row["id"])
+            return
+        metrics.BATCHES_FINISHED.labels(to_status).inc()
+        log.info("batch %s %s: %d completed, %d failed", batch["id"], to_status, fresh["completed"], fresh["failed"])
+        self._done(batch["id"])
+
+    async def _finish_without_files(self, batch: Row, from_status: str, to_status: str, **stamps: int) -> None:
+        if await self._store.finish_batch(batch["id"], [from_status], to_status, [], **stamps):
+            metrics.BATCHES_FINISHED.labels(to_status).inc()
+            self._done(batch["id"])
+
+    def _done(self, batch_id: str) -> None:
+        if self._on_batch_done:
+            self._on_batch_done(batch_id)
+
+    # ------------------------------------------------------------------ housekeeping
+    async def _housekeeping(self, now: float) -> None:
+        await self._store.extend_leases(self._owner, now + self._settings.engine.lease_s)
+        released = await self._store.release_expired_leases(now)
+        if released:
+            log.warning("re-queued %d requests whose worker stopped renewing its lease", released)
+            self._dispatcher.wake()
+        in_use = await self._store.input_files_in_use()
+        for file_id in await self._store.expired_file_ids(int(now)):
+            if file_id in in_use:
+                continue  # an active batch still reads it; it goes once the batch ends
+            await self._blobs.delete(file_id)
+            await self._store.delete_file(file_id)

@@ -1,0 +1,58 @@
+"""Opening everything a gateway process needs, in one place: database, blob store, engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from batchgate.blobs import BlobStore, LocalBlobStore
+from batchgate.config import ConfigError, Settings
+from batchgate.engine.core import Engine
+from batchgate.store.database import create_engine, is_sqlite
+from batchgate.store.migrate import upgrade_to_head
+from batchgate.store.queries import Store
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    store: Store
+    blobs: BlobStore
+    engine: Engine | None
+
+    def notify(self) -> None:
+        if self.engine is not None:
+            self.engine.notify()
+
+
+def open_blobs(url: str) -> BlobStore:
+    if url.startswith("s3://"):
+        raise ConfigError("storage.files: S3 storage is not available in this version; use a local directory")
+    if "://" in url and not url.startswith("file://"):
+        raise ConfigError(f"storage.files: unsupported URL {url!r}; use a directory path")
+    store = LocalBlobStore(url.removeprefix("file://"))
+    store.remove_stale_parts()
+    return store
+
+
+@asynccontextmanager
+async def open_gateway(settings: Settings, *, run_engine: bool = True,
+                       on_batch_done: Callable[[str], None] | None = None) -> AsyncIterator[Gateway]:
+    database = create_engine(settings.storage.database)
+    store = Store(database)
+    try:
+        await upgrade_to_head(database)
+        blobs = open_blobs(settings.storage.files)
+        engine = (Engine(settings, store, blobs, single_node=is_sqlite(settings.storage.database),
+                         on_batch_done=on_batch_done) if run_engine else None)
+        gateway = Gateway(settings, store, blobs, engine)
+        if engine is not None:
+            await engine.start()
+        try:
+            yield gateway
+        finally:
+            if engine is not None:
+                await engine.stop()
+    finally:
+        await store.close()

@@ -1,0 +1,1 @@
+"""Persistence: the schema, its migrations and every query, in one place."""

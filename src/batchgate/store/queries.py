@@ -1,0 +1,336 @@
+"""Every query batchgate runs, named, in one place: the only module that talks to the database."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from batchgate.store.tables import batches, files, requests, results
+
+Row = RowMapping
+
+ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass(slots=True)
+class ClaimedRequest:
+    batch_id: str
+    line_no: int
+    custom_id: str
+    offset: int
+    length: int
+    attempts: int
+
+
+@dataclass(slots=True)
+class FinishedRequest:
+    """A request's final outcome, as the engine hands it to the group-commit writer."""
+
+    batch_id: str
+    line_no: int
+    custom_id: str
+    ok: bool
+    status_code: int | None
+    upstream_request_id: str | None
+    body: str | None
+    error_code: str | None
+    error_message: str | None
+    finished_at: float
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # ---------------------------------------------------------------- files
+    async def insert_file(self, row: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(files).values(**row))
+
+    async def get_file(self, file_id: str, now: int, team_id: str | None = None) -> Row | None:
+        query = select(files).where(files.c.id == file_id, _not_expired(now))
+        query = _for_team(query, files, team_id)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).mappings().first()
+
+    async def list_files(self, *, now: int, after: str | None, limit: int, order: str,
+                         purpose: str | None, team_id: str | None = None) -> list[Row]:
+        query = select(files).where(_not_expired(now))
+        query = _for_team(query, files, team_id)
+        if purpose:
+            query = query.where(files.c.purpose == purpose)
+        if after:
+            query = query.where(files.c.id < after if order == "desc" else files.c.id > after)
+        query = query.order_by(files.c.id.desc() if order == "desc" else files.c.id.asc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).mappings())
+
+    async def delete_file(self, file_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            return (await conn.execute(delete(files).where(files.c.id == file_id))).rowcount > 0
+
+    async def expired_file_ids(self, now: int, limit: int = 500) -> list[str]:
+        query = select(files.c.id).where(files.c.expires_at <= now).limit(limit)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    # ---------------------------------------------------------------- batches
+    async def insert_batch(self, row: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(batches).values(**row))
+
+    async def get_batch(self, batch_id: str, team_id: str | None = None) -> Row | None:
+        query = _for_team(select(batches).where(batches.c.id == batch_id), batches, team_id)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).mappings().first()
+
+    async def list_batches(self, *, after: str | None, limit: int, team_id: str | None = None) -> list[Row]:
+        query = _for_team(select(batches), batches, team_id)
+        if after:
+            query = query.where(batches.c.id < after)
+        query = query.order_by(batches.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).mappings())
+
+    async def batches_with_status(self, statuses: Sequence[str]) -> list[Row]:
+        query = select(batches).where(batches.c.status.in_(statuses)).order_by(batches.c.expires_at, batches.c.id)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).mappings())
+
+    async def input_files_in_use(self) -> set[str]:
+        query = select(batches.c.input_file_id).where(batches.c.status.in_(ACTIVE_STATUSES)).distinct()
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(query)).scalars())
+
+    async def transition(self, batch_id: str, from_statuses: Sequence[str], to_status: str,
+                         **values: Any) -> bool:
+        """Move a batch between statuses atomically; False if it was no longer in `from_statuses`."""
+        statement = (
+            update(batches)
+            .where(batches.c.id == batch_id, batches.c.status.in_(from_statuses))
+            .values(status=to_status, **values)
+        )
+        async with self.engine.begin() as conn:
+            return (await conn.execute(statement)).rowcount == 1
+
+    async def start_batch(self, batch_id: str, *, model: str, total: int, now: int) -> bool:
+        return await self.transition(batch_id, ["validating"], "in_progress", model=model, total=total,
+                                     in_progress_at=now)
+
+    async def finish_batch(self, batch_id: str, from_statuses: Sequence[str], to_status: str,
+                           new_files: list[dict[str, Any]], **values: Any) -> bool:
+        """Record output/error files and the final status in one transaction, exactly once."""
+        async with self.engine.begin() as conn:
+            moved = await conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id, batches.c.status.in_(from_statuses))
+                .values(status=to_status, **values)
+            )
+            if moved.rowcount != 1:
+                await conn.rollback()
+                return False
+            for row in new_files:
+                await conn.execute(insert(files).values(**row))
+        return True
+
+    # ---------------------------------------------------------------- request rows
+    async def insert_requests(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(requests), rows)
+
+    async def delete_requests(self, batch_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(requests).where(requests.c.batch_id == batch_id))
+            await conn.execute(delete(results).where(results.c.batch_id == batch_id))
+
+    async def claim(self, batch_id: str, owner: str, limit: int, now: float, lease_until: float
+                    ) -> list[ClaimedRequest]:
+        """Lease up to `limit` ready rows of one batch, in line order."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
+        statement = text(
+            "UPDATE requests SET state = 'running', lease_owner = :owner, lease_until = :lease_until,"
+            " attempts = attempts + 1"
+            " WHERE batch_id = :batch_id AND line_no IN ("
+            "  SELECT line_no FROM requests WHERE batch_id = :batch_id AND state = 'pending'"
+            f"  AND next_attempt_at <= :now ORDER BY line_no LIMIT :limit{lock})"
+            " RETURNING line_no, custom_id, \"offset\", length, attempts"
+        )
+        params = {"owner": owner, "lease_until": lease_until, "batch_id": batch_id, "now": now, "limit": limit}
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(statement, params)).all()
+        return [ClaimedRequest(batch_id, r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def extend_leases(self, owner: str, lease_until: float) -> None:
+        statement = (
+            update(requests)
+            .where(requests.c.state == "running", requests.c.lease_owner == owner)
+            .values(lease_until=lease_until)
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(statement)
+
+    async def release_expired_leases(self, now: float) -> int:
+        """Hand rows whose worker vanished back to the queue."""
+        statement = (
+            update(requests)
+            .where(requests.c.state == "running", requests.c.lease_until < now)
+            .values(state="pending", lease_owner=None, lease_until=None)
+        )
+        async with self.engine.begin() as conn:
+            return (await conn.execute(statement)).rowcount
+
+    async def release_all_leases(self, owner: str | None = None) -> int:
+        """Return running rows to the queue (all of them, or one worker's on a clean shutdown)."""
+        statement = update(requests).where(requests.c.state == "running")
+        if owner is not None:
+            statement = statement.where(requests.c.lease_owner == owner)
+        statement = statement.values(state="pending", lease_owner=None, lease_until=None)
+        async with self.engine.begin() as conn:
+            return (await conn.execute(statement)).rowcount
+
+    async def pending_count(self, batch_id: str) -> int:
+        query = select(func.count()).select_from(requests).where(
+            requests.c.batch_id == batch_id, requests.c.state == "pending")
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one()
+
+    # ---------------------------------------------------------------- results
+    async def store_results(self, finished: Sequence[FinishedRequest]) -> int:
+        """Group commit: insert results, mark their rows done and bump batch counters in one transaction.
+
+        A result that already exists (the request ran twice after a crash) is ignored, and only
+        the rows actually inserted count, so counters never double.
+        """
+        if not finished:
+            return 0
+        by_key = {(f.batch_id, f.line_no): f for f in finished}
+        inserted: list[FinishedRequest] = []
+        async with self.engine.begin() as conn:
+            for chunk in _chunks(list(by_key.values()), 400):
+                statement = (
+                    _insert_ignore(self.dialect, results)
+                    .values([_result_row(f) for f in chunk])
+                    .returning(results.c.batch_id, results.c.line_no)
+                )
+                for batch_id, line_no in (await conn.execute(statement)).all():
+                    inserted.append(by_key[(batch_id, line_no)])
+            await conn.execute(
+                update(requests)
+                .where(requests.c.batch_id == bindparam("b_id"), requests.c.line_no == bindparam("b_line"))
+                .values(state="done", lease_owner=None, lease_until=None),
+                [{"b_id": f.batch_id, "b_line": f.line_no} for f in finished],
+            )
+            for batch_id, deltas in _counter_deltas(inserted).items():
+                await conn.execute(
+                    update(batches).where(batches.c.id == batch_id).values(
+                        {getattr(batches.c, k): getattr(batches.c, k) + v for k, v in deltas.items()}
+                    )
+                )
+        return len(inserted)
+
+    async def terminate_unfinished(self, batch_id: str, states: Sequence[str], error_code: str,
+                                   message: str, now: float) -> int:
+        """Give every unfinished row of a batch an error result (expiry, cancellation)."""
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(
+                select(requests.c.line_no, requests.c.custom_id)
+                .where(requests.c.batch_id == batch_id, requests.c.state.in_(states))
+            )).all()
+            count = 0
+            for chunk in _chunks(rows, 400):
+                statement = (
+                    _insert_ignore(self.dialect, results)
+                    .values([
+                        {"batch_id": batch_id, "line_no": line_no, "custom_id": custom_id, "ok": False,
+                         "status_code": None, "upstream_request_id": None, "body": None,
+                         "error_code": error_code, "error_message": message, "finished_at": now}
+                        for line_no, custom_id in chunk
+                    ])
+                    .returning(results.c.line_no)
+                )
+                count += len((await conn.execute(statement)).all())
+            await conn.execute(
+                update(requests).where(requests.c.batch_id == batch_id, requests.c.state.in_(states))
+                .values(state="done", lease_owner=None, lease_until=None)
+            )
+            if count:
+                await conn.execute(
+                    update(batches).where(batches.c.id == batch_id).values(failed=batches.c.failed + count)
+                )
+        return count
+
+    async def result_page(self, batch_id: str, after_line: int, limit: int,
+                          ok: bool | None = None) -> list[Row]:
+        query = select(results).where(results.c.batch_id == batch_id, results.c.line_no > after_line)
+        if ok is not None:
+            query = query.where(results.c.ok == ok)
+        query = query.order_by(results.c.line_no).limit(limit)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).mappings())
+
+    async def purge_batch_rows(self, batch_id: str) -> None:
+        """Drop the per-request rows of a finished batch: its files now hold everything."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(requests).where(requests.c.batch_id == batch_id))
+
+
+def _insert_ignore(dialect: str, table: Any) -> Any:
+    if dialect == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _result_row(f: FinishedRequest) -> dict[str, Any]:
+    return {
+        "batch_id": f.batch_id, "line_no": f.line_no, "custom_id": f.custom_id, "ok": f.ok,
+        "status_code": f.status_code, "upstream_request_id": f.upstream_request_id, "body": f.body,
+        "error_code": f.error_code, "error_message": f.error_message, "finished_at": f.finished_at,
+    }
+
+
+def _counter_deltas(inserted: Iterable[FinishedRequest]) -> dict[str, dict[str, int]]:
+    deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for f in inserted:
+        d = deltas[f.batch_id]
+        d["completed" if f.ok else "failed"] += 1
+        d["input_tokens"] += f.input_tokens
+        d["cached_tokens"] += f.cached_tokens
+        d["output_tokens"] += f.output_tokens
+        d["reasoning_tokens"] += f.reasoning_tokens
+    return deltas
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _not_expired(now: int) -> Any:
+    return or_(files.c.expires_at.is_(None), files.c.expires_at > now)
+
+
+def _for_team(query: Any, table: Any, team_id: str | None) -> Any:
+    """Scope a query to one team; None means the admin, who sees everything."""
+    return query if team_id is None else query.where(and_(table.c.team_id == team_id))

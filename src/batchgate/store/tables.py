@@ -1,0 +1,105 @@
+"""The schema as SQLAlchemy Core tables (migrations in `migrations/versions` create the same)."""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("team_id", String(64), nullable=True),
+    Column("filename", String(512), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("provider_name", String(256), nullable=True),
+    Index("ix_files_purpose", "purpose"),
+    Index("ix_files_expires_at", "expires_at"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("team_id", String(64), nullable=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("model", String(256), nullable=True),
+    Column("model_override", String(256), nullable=True),
+    Column("input_file_id", String(64), nullable=False),
+    Column("completion_window", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("output_file_id", String(64), nullable=True),
+    Column("error_file_id", String(64), nullable=True),
+    Column("errors", Text, nullable=True),  # JSON: {"object": "list", "data": [...]}
+    Column("metadata", Text, nullable=True),  # JSON object of strings
+    Column("output_expires_after", BigInteger, nullable=True),  # seconds after the output's creation
+    Column("created_at", BigInteger, nullable=False),
+    Column("in_progress_at", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("finalizing_at", BigInteger, nullable=True),
+    Column("completed_at", BigInteger, nullable=True),
+    Column("failed_at", BigInteger, nullable=True),
+    Column("expired_at", BigInteger, nullable=True),
+    Column("cancelling_at", BigInteger, nullable=True),
+    Column("cancelled_at", BigInteger, nullable=True),
+    # live counters, incremented in the same transaction that stores each result
+    Column("total", Integer, nullable=False, default=0),
+    Column("completed", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("reasoning_tokens", BigInteger, nullable=False, default=0),
+    Index("ix_batches_status", "status"),
+)
+
+# One row per input line: where its body lives in the input blob and who is working on it.
+requests = Table(
+    "requests",
+    metadata,
+    Column("batch_id", String(64), nullable=False),
+    Column("line_no", Integer, nullable=False),
+    Column("custom_id", Text, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("length", Integer, nullable=False),
+    Column("state", String(8), nullable=False),  # pending | running | done
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False, default=0),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    PrimaryKeyConstraint("batch_id", "line_no"),
+    Index("ix_requests_claim", "batch_id", "state", "line_no"),
+    Index("ix_requests_lease", "state", "lease_until"),
+)
+
+# One row per finished request; the primary key makes a repeated write after a crash harmless.
+results = Table(
+    "results",
+    metadata,
+    Column("batch_id", String(64), nullable=False),
+    Column("line_no", Integer, nullable=False),
+    Column("custom_id", Text, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("upstream_request_id", String(256), nullable=True),
+    Column("body", Text, nullable=True),  # the upstream's JSON body, verbatim
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("finished_at", Float, nullable=False),
+    PrimaryKeyConstraint("batch_id", "line_no"),
+)

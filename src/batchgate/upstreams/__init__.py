@@ -1,0 +1,1 @@
+"""Upstreams: where a request is finally answered, behind one small interface."""

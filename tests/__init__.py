@@ -1,0 +1,1 @@
+"""batchgate's test suite (a package, so helpers import as ``tests.harness``)."""

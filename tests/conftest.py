@@ -1,0 +1,78 @@
+"""Shared fixtures: one fake upstream per session, real batchgate servers per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import (
+    FakeUpstreamProcess,
+    ServerProcess,
+    base_config,
+    upstream_model_config,
+)
+
+__all__ = ["base_config", "upstream_model_config"]  # re-exported for convenience
+
+MakeServer = Callable[..., ServerProcess]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Remember each phase's outcome so fixtures can print server logs only for failed tests.
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstreamProcess]:
+    """The fake OpenAI-compatible upstream, one process for the whole session."""
+    upstream = FakeUpstreamProcess(latency_ms=0).start()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@pytest.fixture
+def upstream(fake_upstream: FakeUpstreamProcess) -> FakeUpstreamProcess:
+    """The session's fake upstream with clean stats, attempt counters and controls."""
+    fake_upstream.reset()
+    return fake_upstream
+
+
+@pytest.fixture
+def make_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeServer]:
+    """Factory: ``make_server(config, env=None, workdir=None, **kw)`` → a ready ServerProcess.
+
+    Each server gets its own directory under ``tmp_path`` unless ``workdir`` is given (pass
+    another server's ``workdir`` to share its storage). All are stopped at teardown; when the
+    test failed, their log tails are printed so the failure report shows them.
+    """
+    servers: list[ServerProcess] = []
+
+    def _make(
+        config: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | Path | None = None,
+        ready_timeout: float = 30.0,
+        **kwargs: Any,
+    ) -> ServerProcess:
+        if workdir is None:
+            workdir = tmp_path / f"server{len(servers)}"
+        server = ServerProcess(config, env=env, workdir=workdir, **kwargs)
+        servers.append(server)
+        return server.start().wait_ready(ready_timeout)
+
+    yield _make
+
+    call_report = getattr(request.node, "rep_call", None)
+    failed = call_report is not None and call_report.failed
+    for server in servers:
+        server.stop()
+        if failed:
+            print(f"\n----- {server!r} log tail -----\n{server.log_tail(200)}")
