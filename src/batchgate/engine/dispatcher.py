@@ -1,7 +1,8 @@
 """The coordinator: claims exactly as many rows as there are free slots, fairly, and runs them.
 
-One per process. It knows the free slots of every deployment, so a slow request never holds
-back a claimed chunk: rows are leased on demand (the Oban / Solid Queue / pg-boss pattern).
+One per process. It knows the free slots of every deployment and leases rows on demand (the
+Oban / Solid Queue / pg-boss pattern): free slots plus a small prefetch, never a chunk that waits
+for its slowest member.
 Batches of one model share its slots round robin, visited in earliest-deadline-first order.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,9 @@ from batchgate.upstreams.base import UpstreamReply
 
 log = logging.getLogger(__name__)
 
-# Wait this long after a slot frees for others to free too, so one claim query serves several.
-CLAIM_COALESCE_S = 0.005
+# Rows claimed ahead of free slots, as a fraction of capacity: a finished request's slot is
+# refilled from memory at once, and the database is asked for rows in chunks, not one by one.
+PREFETCH_DIVISOR = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,15 @@ class ActiveBatch:
     endpoint: str
     input_file_id: str
     expires_at: int
+
+
+@dataclass(slots=True)
+class _Ready:
+    """A claimed row with its body read, waiting for a free slot."""
+
+    batch: ActiveBatch
+    request: ClaimedRequest
+    line: bytes
 
 
 class Dispatcher:
@@ -55,6 +66,7 @@ class Dispatcher:
         self._active: list[ActiveBatch] = []
         self._tasks: dict[str, set[asyncio.Task[None]]] = defaultdict(set)
         self._cursor: dict[str, int] = defaultdict(int)
+        self._ready: dict[str, deque[_Ready]] = defaultdict(deque)
         self._stopping = False
 
     # ------------------------------------------------------------ control from the lifecycle loop
@@ -64,10 +76,19 @@ class Dispatcher:
         live = {b.id for b in batches}
         for batch_id in [b for b in self._tasks if b not in live]:
             self.cancel_batch(batch_id)
+        for ready in self._ready.values():
+            if any(item.batch.id not in live for item in ready):
+                kept = [item for item in ready if item.batch.id in live]
+                ready.clear()
+                ready.extend(kept)
         self.wake()
 
     def cancel_batch(self, batch_id: str) -> int:
-        """Stop this process's in-flight requests of a batch; their rows get a terminal result elsewhere."""
+        """Stop this process's in-flight and prefetched requests of a batch; their rows get a result elsewhere."""
+        for ready in self._ready.values():
+            kept = [item for item in ready if item.batch.id != batch_id]
+            ready.clear()
+            ready.extend(kept)
         tasks = self._tasks.pop(batch_id, set())
         for task in tasks:
             task.cancel()
@@ -86,10 +107,6 @@ class Dispatcher:
             if self._stopping:
                 break
             try:
-                busy = any(p.free_slots() < sum(d.config.max_concurrency for d in p.deployments)
-                           for p in self._pools.values())
-                if busy:
-                    await asyncio.sleep(CLAIM_COALESCE_S)
                 await self._claim_round()
             except Exception:
                 log.exception("claim round failed; retrying")
@@ -99,6 +116,7 @@ class Dispatcher:
         """Stop claiming and abandon in-flight calls; their leases are released by the caller."""
         self._stopping = True
         self._wake.set()
+        self._ready.clear()
         tasks = [t for group in self._tasks.values() for t in group]
         for task in tasks:
             task.cancel()
@@ -112,11 +130,20 @@ class Dispatcher:
             pool = self._pools.get(model)
             if pool is None:
                 continue
-            free = pool.free_slots()
-            if free <= 0:
+            ready = self._ready[model]
+            self._start_ready(pool, ready)
+            capacity = sum(d.config.max_concurrency for d in pool.deployments)
+            prefetch = max(1, capacity // PREFETCH_DIVISOR)
+            # Refill only when the buffer ran low, so one claim query serves several requests.
+            if len(ready) > prefetch // 2 and pool.free_slots() == 0:
                 continue
-            for batch, claimed in await self._claim_fairly(model, batches, free):
-                await self._start(batch, pool, claimed)
+            want = pool.free_slots() + prefetch - len(ready)
+            if want <= 0:
+                continue
+            for batch, claimed in await self._claim_fairly(model, batches, want):
+                lines = await self._blobs.read_ranges(batch.input_file_id, [(c.offset, c.length) for c in claimed])
+                ready.extend(_Ready(batch, request, line) for request, line in zip(claimed, lines, strict=True))
+            self._start_ready(pool, ready)
 
     async def _claim_fairly(self, model: str, batches: list[ActiveBatch], free: int
                             ) -> list[tuple[ActiveBatch, list[ClaimedRequest]]]:
@@ -144,26 +171,29 @@ class Dispatcher:
             hungry = still_hungry
         return out
 
-    async def _start(self, batch: ActiveBatch, pool: ModelPool, claimed: list[ClaimedRequest]) -> None:
-        lines = await self._blobs.read_ranges(batch.input_file_id, [(c.offset, c.length) for c in claimed])
-        for request, line in zip(claimed, lines, strict=True):
+    def _start_ready(self, pool: ModelPool, ready: deque[_Ready]) -> None:
+        """Start prefetched requests on free slots: no database round trip between two requests."""
+        while ready:
             deployment = pool.pick()
-            if deployment is None:  # cannot happen: we claimed no more than the free slots
-                break
+            if deployment is None:
+                return
+            item = ready.popleft()
             deployment.in_flight += 1
-            task = asyncio.create_task(self._execute(batch, request, line, deployment))
-            self._tasks[batch.id].add(task)
-            task.add_done_callback(lambda t, b=batch.id, d=deployment: self._done(b, d, t))
+            task = asyncio.create_task(self._execute(item.batch, item.request, item.line, deployment))
+            self._tasks[item.batch.id].add(task)
+            task.add_done_callback(lambda t, b=item.batch, d=deployment, p=pool: self._done(b, d, p, t))
             metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).inc()
 
-    def _done(self, batch_id: str, deployment: Deployment, task: asyncio.Task[None]) -> None:
+    def _done(self, batch: ActiveBatch, deployment: Deployment, pool: ModelPool, task: asyncio.Task[None]) -> None:
         deployment.in_flight -= 1
         metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).dec()
-        group = self._tasks.get(batch_id)
+        group = self._tasks.get(batch.id)
         if group is not None:
             group.discard(task)
             if not group:
-                del self._tasks[batch_id]
+                del self._tasks[batch.id]
+        if not self._stopping:
+            self._start_ready(pool, self._ready[batch.model])
         self._wake.set()
 
     async def _execute(self, batch: ActiveBatch, request: ClaimedRequest, line: bytes,

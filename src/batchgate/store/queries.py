@@ -226,16 +226,12 @@ class Store:
         if not finished:
             return 0
         by_key = {(f.batch_id, f.line_no): f for f in finished}
-        inserted: list[FinishedRequest] = []
+        statement = _insert_ignore(self.dialect, results).returning(results.c.batch_id, results.c.line_no)
         async with self.engine.begin() as conn:
-            for chunk in _chunks(list(by_key.values()), 400):
-                statement = (
-                    _insert_ignore(self.dialect, results)
-                    .values([_result_row(f) for f in chunk])
-                    .returning(results.c.batch_id, results.c.line_no)
-                )
-                for batch_id, line_no in (await conn.execute(statement)).all():
-                    inserted.append(by_key[(batch_id, line_no)])
+            # executemany + RETURNING: SQLAlchemy batches it into multi-row INSERTs from one cached
+            # compilation; only rows really inserted come back.
+            returned = await conn.execute(statement, [_result_row(f) for f in by_key.values()])
+            inserted = [by_key[(batch_id, line_no)] for batch_id, line_no in returned.all()]
             await conn.execute(
                 update(requests)
                 .where(requests.c.batch_id == bindparam("b_id"), requests.c.line_no == bindparam("b_line"))

@@ -1,0 +1,530 @@
+"""End to end: the OpenAI Batch API (SPEC §2) run for real against the fake upstream, through the SDK."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types import Batch, FileObject
+
+from tests.fake_upstream import count_tokens, fake_embedding
+from tests.harness import (
+    FakeUpstreamProcess,
+    ServerProcess,
+    base_config,
+    chat_line,
+    free_port,
+    openai_client,
+    poll_until,
+    read_jsonl_bytes,
+    upstream_model_config,
+)
+
+ANY = object()
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+BATCH_KEYS = {
+    "id", "object", "endpoint", "model", "errors", "input_file_id", "completion_window", "status",
+    "output_file_id", "error_file_id", "created_at", "in_progress_at", "expires_at", "finalizing_at",
+    "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at", "request_counts", "usage",
+    "metadata",
+}
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations")
+
+
+# ---------------------------------------------------------------------------- helpers
+def config(upstream_url: str) -> dict[str, Any]:
+    cfg = base_config(upstream_url)
+    cfg["models"] += [
+        # Nothing listens there: every request ends `upstream_unreachable` after one attempt.
+        upstream_model_config(f"http://127.0.0.1:{free_port()}/v1", name="dead-model", max_attempts=1),
+        # Gives up quickly: a hung request ends `request_timeout`.
+        upstream_model_config(upstream_url, name="impatient-model", max_attempts=1, timeout_s=0.5),
+    ]
+    cfg["engine"] = {"backoff_base_s": 0.01, "poll_interval_s": 0.1}
+    return cfg
+
+
+def assert_error(response: Any, status: int, param: Any = ANY, code: Any = ANY) -> dict[str, Any]:
+    """The answer is `status` with exactly the OpenAI error envelope; returns the inner error."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"], err
+    assert isinstance(err["type"], str) and err["type"], err
+    if param is not ANY:
+        assert err["param"] == param, err
+    if code is not ANY:
+        assert err["code"] == code, err
+    return err
+
+
+def sdk_error(call: Callable[[], Any], status: int, param: Any = ANY, code: Any = ANY) -> dict[str, Any]:
+    with pytest.raises(openai.APIStatusError) as info:
+        call()
+    return assert_error(info.value.response, status, param, code)
+
+
+def upload(client: openai.OpenAI, rows: list[dict[str, Any]], purpose: str = "batch") -> FileObject:
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    return client.files.create(file=("input.jsonl", data), purpose=purpose)  # type: ignore[arg-type]
+
+
+def create(client: openai.OpenAI, rows: list[dict[str, Any]], endpoint: str = "/v1/chat/completions",
+           **kwargs: Any) -> Batch:
+    f = upload(client, rows)
+    kwargs.setdefault("completion_window", "24h")
+    return client.batches.create(input_file_id=f.id, endpoint=endpoint, **kwargs)  # type: ignore[arg-type]
+
+
+def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 20.0) -> Batch:
+    last: list[Batch] = []
+
+    def done() -> Batch | None:
+        b = client.batches.retrieve(batch_id)
+        last[:] = [b]
+        return b if b.status in TERMINAL else None
+
+    return poll_until(done, timeout=timeout, interval=0.05,
+                      message=lambda: f"batch {batch_id} not finished: {last[0] if last else None}")
+
+
+def file_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return read_jsonl_bytes(client.files.content(file_id).content)
+
+
+def line(endpoint: str, custom_id: str, text: str, model: str = "fake-model", **body: Any) -> dict[str, Any]:
+    """One input line for any served endpoint."""
+    if endpoint == "/v1/chat/completions":
+        return chat_line(custom_id, text, model=model, **body)
+    key = "prompt" if endpoint == "/v1/completions" else "input"
+    return {"custom_id": custom_id, "method": "POST", "url": endpoint, "body": {"model": model, key: text, **body}}
+
+
+def answer_ok(endpoint: str, body: dict[str, Any], text: str) -> None:
+    """The fake upstream's answer to `text` on `endpoint` is what came back."""
+    if endpoint == "/v1/chat/completions":
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["content"] == "echo: " + text
+    elif endpoint == "/v1/completions":
+        assert body["choices"][0]["text"] == "echo: " + text
+    elif endpoint == "/v1/embeddings":
+        assert body["data"][0]["embedding"] == pytest.approx(fake_embedding(text))
+    elif endpoint == "/v1/responses":
+        assert body["output"][0]["content"][0]["text"] == "echo: " + text
+    else:
+        assert len(body["results"]) == 1
+        assert body["results"][0]["flagged"] is False
+
+
+def assert_output_line(row: dict[str, Any], status_code: int = 200) -> None:
+    assert set(row) == {"id", "custom_id", "response", "error"}, row
+    assert re.fullmatch(r"batch_req_[0-9a-zA-Z]+", row["id"]), row["id"]
+    assert isinstance(row["custom_id"], str)
+    assert row["error"] is None
+    assert set(row["response"]) == {"status_code", "request_id", "body"}, row["response"]
+    assert row["response"]["status_code"] == status_code
+    assert isinstance(row["response"]["request_id"], str)
+
+
+@pytest.fixture(scope="module")
+def server(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = ServerProcess(config(fake_upstream.url), workdir=tmp_path_factory.mktemp("batches-server"))
+    srv.start().wait_ready()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "server" in request.fixturenames:
+        srv = request.getfixturevalue("server")
+        print(f"\n----- {srv!r} log tail -----\n{srv.log_tail(100)}")
+
+
+@pytest.fixture
+def client(server: ServerProcess, upstream: FakeUpstreamProcess) -> Iterator[openai.OpenAI]:
+    with openai_client(server) as c:
+        yield c
+
+
+# ---------------------------------------------------------------------------- create and run
+def test_create_returns_validating_batch(client: openai.OpenAI) -> None:
+    f = upload(client, [chat_line("a", "hello")])
+    before = int(time.time())
+    raw = client.batches.with_raw_response.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                                  completion_window="24h")
+    assert raw.status_code == 200
+    body = raw.http_response.json()
+    assert set(body) >= BATCH_KEYS, BATCH_KEYS - set(body)
+    assert body["id"].startswith("batch_")
+    assert body["object"] == "batch"
+    assert body["status"] == "validating"
+    assert body["endpoint"] == "/v1/chat/completions"
+    assert body["input_file_id"] == f.id
+    assert body["completion_window"] == "24h"
+    assert before - 1 <= body["created_at"] <= int(time.time()) + 1
+    assert body["expires_at"] == body["created_at"] + 86400
+    for name in ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
+                 "cancelling_at", "cancelled_at", "output_file_id", "error_file_id", "errors"):
+        assert body[name] is None, name
+    assert body["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+    assert body["metadata"] is None
+    wait_terminal(client, body["id"])
+
+
+def test_batch_runs_to_completion(client: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
+    texts = {f"req-{i}": f"question number {i}" for i in range(12)}
+    metadata = {"project": "e2e", "owner": "tests", "unicode": "héllo ✓"}
+    batch = create(client, [chat_line(cid, text) for cid, text in texts.items()], metadata=metadata)
+    done = wait_terminal(client, batch.id)
+
+    assert done.status == "completed", done
+    assert done.id == batch.id
+    assert done.model == "fake-model"
+    assert done.metadata == metadata
+    assert done.request_counts is not None
+    assert done.request_counts.model_dump() == {"total": 12, "completed": 12, "failed": 0}
+    assert done.errors is None
+    assert done.error_file_id is None
+    assert done.output_file_id is not None
+
+    # Usage is the sum of what the upstream reported.
+    assert done.usage is not None
+    expected_in = sum(count_tokens(t) for t in texts.values())
+    expected_out = sum(count_tokens("echo: " + t) for t in texts.values())
+    assert done.usage.input_tokens == expected_in > 0
+    assert done.usage.output_tokens == expected_out > 0
+    assert done.usage.total_tokens == expected_in + expected_out
+    assert done.usage.input_tokens_details.cached_tokens == 0
+    assert done.usage.output_tokens_details.reasoning_tokens == 0
+
+    # Timestamps: set for the path taken, null for the others.
+    assert done.in_progress_at is not None and done.finalizing_at is not None and done.completed_at is not None
+    assert done.created_at <= done.in_progress_at <= done.finalizing_at <= done.completed_at <= time.time() + 1
+    assert done.expires_at == done.created_at + 86400
+    for name in ("failed_at", "expired_at", "cancelling_at", "cancelled_at"):
+        assert getattr(done, name) is None, name
+
+    out = client.files.retrieve(done.output_file_id)
+    assert out.purpose == "batch_output"
+    assert out.status == "processed"
+    raw = client.files.content(done.output_file_id).content
+    assert out.bytes == len(raw)
+    rows = read_jsonl_bytes(raw)
+    assert sorted(r["custom_id"] for r in rows) == sorted(texts)
+    assert len({r["id"] for r in rows}) == len(rows)
+    for row in rows:
+        assert_output_line(row)
+        answer_ok("/v1/chat/completions", row["response"]["body"], texts[row["custom_id"]])
+    assert upstream.stats()["by_path"].get("/v1/chat/completions") == 12
+    # The output file is an ordinary file: listed with its purpose.
+    assert done.output_file_id in [f.id for f in client.files.list(purpose="batch_output")]
+
+
+def test_mixed_outcomes_every_custom_id_exactly_once(client: openai.OpenAI) -> None:
+    good = {f"ok-{i}": f"fine {i}" for i in range(5)}
+    bad400 = {f"bad-{i}": f"rejected {i} @status:400:*" for i in range(3)}
+    bad500 = {"flaky-forever": "always broken @status:500:*"}
+    recovers = {"recovers": "broken twice @status:503:2"}
+    rows = [chat_line(c, t) for c, t in {**good, **bad400, **bad500, **recovers}.items()]
+    done = wait_terminal(client, create(client, rows).id)
+
+    # A batch with failed requests still ends `completed`; the counts tell the story.
+    assert done.status == "completed", done
+    assert done.request_counts is not None
+    assert done.request_counts.model_dump() == {"total": 10, "completed": 6, "failed": 4}
+    assert done.output_file_id and done.error_file_id
+    out = file_lines(client, done.output_file_id)
+    err = file_lines(client, done.error_file_id)
+    assert client.files.retrieve(done.error_file_id).purpose == "batch_output"
+
+    ids = [r["custom_id"] for r in out + err]
+    assert sorted(ids) == sorted(r["custom_id"] for r in rows)  # each exactly once
+    assert {r["custom_id"] for r in out} == {*good, *recovers}
+    for row in out:
+        assert_output_line(row)
+    by_id = {r["custom_id"]: r for r in err}
+    for cid in bad400:
+        assert_output_line(by_id[cid], status_code=400)  # an HTTP error keeps its response
+        assert by_id[cid]["response"]["body"]["error"]["code"] == "invalid_request"
+    assert_output_line(by_id["flaky-forever"], status_code=500)
+
+
+def test_unanswered_requests_get_an_error_object(client: openai.OpenAI) -> None:
+    dead = wait_terminal(client, create(client, [chat_line("d1", "x", model="dead-model"),
+                                                 chat_line("d2", "y", model="dead-model")]).id)
+    assert dead.status == "completed"
+    assert dead.request_counts is not None
+    assert dead.request_counts.model_dump() == {"total": 2, "completed": 0, "failed": 2}
+    assert dead.output_file_id is None
+    rows = file_lines(client, dead.error_file_id)
+    assert sorted(r["custom_id"] for r in rows) == ["d1", "d2"]
+    for row in rows:
+        assert set(row) == {"id", "custom_id", "response", "error"}
+        assert row["response"] is None
+        assert set(row["error"]) == {"code", "message"}
+        assert row["error"]["code"] == "upstream_unreachable"
+
+    slow = wait_terminal(client, create(client, [chat_line("h1", "wait @hang:1", model="impatient-model"),
+                                                 chat_line("h2", "quick", model="impatient-model")]).id)
+    assert slow.request_counts is not None
+    assert slow.request_counts.model_dump() == {"total": 2, "completed": 1, "failed": 1}
+    (timed_out,) = file_lines(client, slow.error_file_id)
+    assert timed_out["custom_id"] == "h1"
+    assert timed_out["response"] is None
+    assert timed_out["error"]["code"] == "request_timeout"
+    assert [r["custom_id"] for r in file_lines(client, slow.output_file_id)] == ["h2"]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_every_served_endpoint_runs(client: openai.OpenAI, upstream: FakeUpstreamProcess, endpoint: str) -> None:
+    texts = {f"{endpoint}-{i}": f"text {i} for {endpoint}" for i in range(3)}
+    batch = create(client, [line(endpoint, cid, t) for cid, t in texts.items()], endpoint=endpoint)
+    assert batch.endpoint == endpoint
+    done = wait_terminal(client, batch.id)
+    assert done.status == "completed", done
+    assert done.endpoint == endpoint
+    assert done.request_counts is not None
+    assert done.request_counts.model_dump() == {"total": 3, "completed": 3, "failed": 0}
+    rows = file_lines(client, done.output_file_id)
+    assert sorted(r["custom_id"] for r in rows) == sorted(texts)
+    for row in rows:
+        assert_output_line(row)
+        answer_ok(endpoint, row["response"]["body"], texts[row["custom_id"]])
+    assert upstream.stats()["by_path"] == {endpoint: 3}
+
+
+# ---------------------------------------------------------------------------- create parameters
+@pytest.fixture(scope="module")
+def input_file(server: ServerProcess) -> str:
+    with openai_client(server) as c:
+        return upload(c, [chat_line("one", "the only line")]).id
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/images/generations", "/v1/images/edits", "/v1/videos"])
+def test_image_and_video_endpoints_are_not_served(client: openai.OpenAI, input_file: str, endpoint: str) -> None:
+    sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint=endpoint,  # type: ignore[arg-type]
+                                            completion_window="24h"), 400, "endpoint")
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/foo", "/v1/chat/completions/", "v1/embeddings", "", "/v1/files"])
+def test_unknown_endpoint_is_400(client: openai.OpenAI, input_file: str, endpoint: str) -> None:
+    sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint=endpoint,  # type: ignore[arg-type]
+                                            completion_window="24h"), 400, "endpoint")
+
+
+@pytest.mark.parametrize("window", ["25x", "0h", "h", "24", "-1h", "1.5h", "24 h", ""])
+def test_bad_completion_window_is_400(client: openai.OpenAI, input_file: str, window: str) -> None:
+    sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
+                                            completion_window=window),  # type: ignore[arg-type]
+              400, "completion_window")
+
+
+@pytest.mark.parametrize(("window", "seconds"), [("2h", 7200), ("90s", 90), ("30m", 1800), ("1d", 86400)])
+def test_completion_window_extension_is_accepted(client: openai.OpenAI, input_file: str, window: str,
+                                                 seconds: int) -> None:
+    b = client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
+                              completion_window=window)  # type: ignore[arg-type]
+    assert b.completion_window == window
+    assert b.expires_at == b.created_at + seconds
+    assert wait_terminal(client, b.id).status == "completed"
+
+
+@pytest.mark.parametrize("metadata", [
+    {f"k{i}": "v" for i in range(17)},
+    {"k" * 65: "v"},
+    {"key": "v" * 513},
+    {"key": 5},
+])
+def test_bad_metadata_is_400(client: openai.OpenAI, input_file: str, metadata: dict[str, Any]) -> None:
+    sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
+                                            completion_window="24h", metadata=metadata), 400, "metadata")
+
+
+def test_metadata_at_the_limits_is_accepted(client: openai.OpenAI, input_file: str) -> None:
+    for metadata in ({f"k{i}": "v" for i in range(16)}, {"k" * 64: "v" * 512}):
+        b = client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
+                                  completion_window="24h", metadata=metadata)
+        assert b.metadata == metadata
+        assert client.batches.retrieve(b.id).metadata == metadata
+        wait_terminal(client, b.id)
+
+
+def test_unknown_input_file_is_404(client: openai.OpenAI) -> None:
+    sdk_error(lambda: client.batches.create(input_file_id="file-doesnotexist", endpoint="/v1/chat/completions",
+                                            completion_window="24h"), 404)
+
+
+def test_input_file_with_wrong_purpose_is_400(client: openai.OpenAI) -> None:
+    f = upload(client, [chat_line("a", "b")], purpose="assistants")
+    sdk_error(lambda: client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h"), 400, "input_file_id")
+
+
+def test_batch_output_file_cannot_be_an_input(client: openai.OpenAI, input_file: str) -> None:
+    done = wait_terminal(client, client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
+                                                       completion_window="24h").id)
+    assert done.output_file_id is not None
+    sdk_error(lambda: client.batches.create(input_file_id=done.output_file_id, endpoint="/v1/chat/completions",
+                                            completion_window="24h"), 400, "input_file_id")
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"endpoint": "/v1/chat/completions", "completion_window": "24h"}, "input_file_id"),
+    ({"input_file_id": "INPUT", "completion_window": "24h"}, "endpoint"),
+    ({"input_file_id": "INPUT", "endpoint": "/v1/chat/completions"}, "completion_window"),
+])
+def test_missing_create_parameter_is_400(server: ServerProcess, input_file: str, body: dict[str, Any],
+                                         param: str) -> None:
+    body = {k: input_file if v == "INPUT" else v for k, v in body.items()}
+    assert_error(httpx.post(f"{server.base_url}/batches", json=body), 400, param)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[]", b"", b'"a string"'])
+def test_malformed_create_body_is_400(server: ServerProcess, raw: bytes) -> None:
+    response = httpx.post(f"{server.base_url}/batches", content=raw, headers={"content-type": "application/json"})
+    assert_error(response, 400)
+
+
+def test_output_expires_after_sets_output_expiry(client: openai.OpenAI) -> None:
+    rows = [chat_line("ok", "fine"), chat_line("bad", "no @status:400:*")]
+    done = wait_terminal(client, create(client, rows,
+                                        output_expires_after={"anchor": "created_at", "seconds": 3600}).id)
+    assert done.output_file_id and done.error_file_id
+    for file_id in (done.output_file_id, done.error_file_id):
+        f = client.files.retrieve(file_id)
+        assert f.expires_at == f.created_at + 3600
+
+
+@pytest.mark.parametrize("value", [
+    {"anchor": "created_at", "seconds": 10},
+    {"anchor": "created_at", "seconds": 2_592_001},
+    {"anchor": "elsewhere", "seconds": 3600},
+])
+def test_bad_output_expires_after_is_400(client: openai.OpenAI, input_file: str, value: dict[str, Any]) -> None:
+    err = sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
+                                                  completion_window="24h", output_expires_after=value),  # type: ignore[arg-type]
+                    400)
+    assert isinstance(err["param"], str) and err["param"].startswith("output_expires_after"), err
+
+
+# ---------------------------------------------------------------------------- retrieve, list, cancel
+def test_retrieve_and_cancel_unknown_batch_are_404(client: openai.OpenAI) -> None:
+    for batch_id in ("batch_doesnotexist", "nope", "batch_01m84qjfjwbcr7ymyvfykd2rpb"):
+        sdk_error(lambda b=batch_id: client.batches.retrieve(b), 404)
+        sdk_error(lambda b=batch_id: client.batches.cancel(b), 404)
+
+
+def test_list_batches_newest_first_with_pagination(make_server: Callable[..., ServerProcess],
+                                                   upstream: FakeUpstreamProcess) -> None:
+    srv = make_server(config(upstream.url))
+    with openai_client(srv) as c:
+        assert c.batches.list().data == []
+        f = upload(c, [chat_line("x", "y")])
+        created = [c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                    completion_window="24h", metadata={"n": str(i)}).id for i in range(5)]
+        newest_first = list(reversed(created))
+        assert [b.id for b in c.batches.list().data] == newest_first  # default limit 20
+
+        seen: list[str] = []
+        after: str | None = None
+        expected_pages = [newest_first[0:2], newest_first[2:4], newest_first[4:5]]
+        for n, expected in enumerate(expected_pages):
+            params: dict[str, Any] = {"limit": 2} if after is None else {"limit": 2, "after": after}
+            page = c.batches.with_raw_response.list(**params).http_response.json()
+            assert page["object"] == "list"
+            assert [b["id"] for b in page["data"]] == expected
+            assert page["first_id"] == expected[0]
+            assert page["last_id"] == expected[-1]
+            assert page["has_more"] is (n < len(expected_pages) - 1)
+            seen += expected
+            after = page["last_id"]
+        assert seen == newest_first
+        assert [b.id for b in c.batches.list(limit=2)] == newest_first  # SDK auto-pagination
+        exact = c.batches.list(limit=5)
+        assert [b.id for b in exact.data] == newest_first and exact.has_more is False
+        empty = c.batches.with_raw_response.list(after=created[0]).http_response.json()
+        assert empty["data"] == [] and empty["has_more"] is False
+        for batch_id in created:
+            wait_terminal(c, batch_id)
+
+
+@pytest.mark.parametrize("limit", [0, 101, -5, "abc"])
+def test_list_batches_invalid_limit_is_400(client: openai.OpenAI, limit: Any) -> None:
+    sdk_error(lambda: client.batches.list(limit=limit), 400, "limit")
+
+
+def test_list_batches_limit_100_is_accepted(client: openai.OpenAI) -> None:
+    assert client.batches.list(limit=100).data is not None
+
+
+def test_cancel_of_completed_batch_is_409_and_changes_nothing(client: openai.OpenAI) -> None:
+    done = wait_terminal(client, create(client, [chat_line("a", "b")]).id)
+    assert done.status == "completed"
+    sdk_error(lambda: client.batches.cancel(done.id), 409)
+    assert client.batches.retrieve(done.id).model_dump() == done.model_dump()
+
+
+def test_cancel_of_failed_batch_is_409(client: openai.OpenAI) -> None:
+    f = client.files.create(file=("broken.jsonl", b"{broken\n"), purpose="batch")
+    failed = wait_terminal(client, client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                                         completion_window="24h").id)
+    assert failed.status == "failed"
+    sdk_error(lambda: client.batches.cancel(failed.id), 409)
+    assert client.batches.retrieve(failed.id).model_dump() == failed.model_dump()
+
+
+def test_cancel_running_batch_keeps_finished_results(client: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
+    quick = {f"quick-{i}": f"fast {i}" for i in range(3)}
+    stuck = {f"stuck-{i}": f"never answered {i} @hang:1" for i in range(4)}
+    batch = create(client, [chat_line(c, t) for c, t in {**quick, **stuck}.items()])
+
+    def quick_done() -> bool:
+        b = client.batches.retrieve(batch.id)
+        return b.status == "in_progress" and b.request_counts is not None and b.request_counts.completed == 3
+
+    poll_until(quick_done, timeout=10, message="the quick requests never finished")
+    poll_until(lambda: upstream.stats()["in_flight"] >= 4, timeout=10, message="the stuck requests never started")
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling"
+    assert cancelling.cancelling_at is not None
+
+    done = wait_terminal(client, batch.id)
+    assert done.status == "cancelled", done
+    assert done.cancelled_at is not None and done.cancelling_at is not None
+    assert done.cancelling_at <= done.cancelled_at
+    assert done.completed_at is None and done.failed_at is None and done.expired_at is None
+    assert done.request_counts is not None
+    assert done.request_counts.model_dump() == {"total": 7, "completed": 3, "failed": 4}
+    out = file_lines(client, done.output_file_id)
+    err = file_lines(client, done.error_file_id)
+    assert sorted(r["custom_id"] for r in out) == sorted(quick)
+    assert sorted(r["custom_id"] for r in err) == sorted(stuck)
+    for row in err:
+        assert row["response"] is None
+        assert row["error"]["code"] == "batch_cancelled"
+    # Cancelling again is a conflict: it is already over.
+    sdk_error(lambda: client.batches.cancel(batch.id), 409)
+    poll_until(lambda: upstream.stats()["in_flight"] == 0, timeout=10, message="hung upstream calls not closed")
+
+
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", re.MULTILINE)
+
+
+def test_no_unhandled_errors_in_server_log(server: ServerProcess) -> None:
+    records = _LOG_RECORD.split(server.log_text())
+    assert [r for r in records if "Traceback" in r] == []
