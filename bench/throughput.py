@@ -95,8 +95,8 @@ def main() -> None:
     print(f"{'bare aiohttp loop':32}{bare:>10.1f}{bare / limit:>10.2f}{1:>10.2f}")
     print(f"{'batchgate (create→completed)':32}{gateway['rps']:>10.1f}{gateway['rps'] / limit:>10.2f}"
           f"{gateway['rps'] / bare:>10.2f}")
-    print(f"gateway CPU per request: {gateway['cpu_per_request_ms']:.2f} ms; validation {gateway['validating_s']:.2f} s;"
-          f" server peak RSS {gateway['rss_mb']:.0f} MiB")
+    print(f"gateway CPU per request: {gateway['cpu_per_request_ms']:.2f} ms; "
+          f"validation {gateway['validating_s']:.2f} s; server peak RSS {gateway['rss_mb']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Mount
 
 from batchgate.api import batches, files, ops
@@ -38,6 +39,12 @@ async def _http_error(request: Request, exc: Exception) -> JSON:
     return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up mid-request (an upload, say): nothing was stored and nobody is listening.
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=499)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSON:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = {"error": {"message": "internal server error; see the server log", "type": "server_error",
@@ -58,6 +65,7 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
 
     return Starlette(
         routes=[*ops.routes(), Mount("/v1", routes=openai_routes())],
-        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
+                            Exception: _unexpected},
         lifespan=lifespan,
     )

@@ -75,9 +75,11 @@ class DeploymentConfig(_Strict):
     n_ctx: int = Field(default=2048, gt=0)  # local provider: context window
 
     @model_validator(mode="after")
-    def _openai_needs_base_url(self) -> DeploymentConfig:
+    def _provider_defaults(self) -> DeploymentConfig:
         if self.provider == "openai" and not self.base_url:
             raise ValueError("provider 'openai' needs base_url")
+        if self.provider == "local" and "max_concurrency" not in self.model_fields_set:
+            self.max_concurrency = 1  # each slot is a loaded model instance sharing the CPU cores
         return self
 
 
@@ -110,7 +112,7 @@ def default_models() -> list[ModelConfig]:
     return [
         ModelConfig(
             name="smollm2",
-            deployments=[DeploymentConfig(provider="local", max_concurrency=1, timeout_s=300)],
+            deployments=[DeploymentConfig(provider="local", timeout_s=300)],
         )
     ]
 
@@ -142,10 +144,17 @@ class Settings(_Strict):
         return next((m for m in self.models if m.name == name), None)
 
 
+def _env_value(match: re.Match[str]) -> str:
+    name, default = match.group(1), match.group(2)
+    if default is None:
+        return os.environ.get(name, "")
+    return os.environ.get(name) or default  # `:-` as in the shell: unset or empty takes the default
+
+
 def expand_env(value: Any) -> Any:
     """Replace `${VAR}` (or `${VAR:-default}`) in every string of a parsed YAML tree."""
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        return _ENV_REF.sub(_env_value, value)
     if isinstance(value, list):
         return [expand_env(v) for v in value]
     if isinstance(value, dict):

@@ -187,7 +187,8 @@ def test_create_returns_validating_batch(client: openai.OpenAI) -> None:
 
 
 def test_batch_runs_to_completion(client: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
-    texts = {f"req-{i}": f"question number {i}" for i in range(12)}
+    texts = {f"req-{i}": f"question number {i}" for i in range(11)}
+    texts["req-ünï-✓"] = "héllo wörld ✓ 🚀 — ½"  # non-ASCII survives the round trip
     metadata = {"project": "e2e", "owner": "tests", "unicode": "héllo ✓"}
     batch = create(client, [chat_line(cid, text) for cid, text in texts.items()], metadata=metadata)
     done = wait_terminal(client, batch.id)
@@ -197,7 +198,7 @@ def test_batch_runs_to_completion(client: openai.OpenAI, upstream: FakeUpstreamP
     assert done.model == "fake-model"
     assert done.metadata == metadata
     assert done.request_counts is not None
-    assert done.request_counts.model_dump() == {"total": 12, "completed": 12, "failed": 0}
+    assert done.request_counts.model_dump() == {"total": len(texts), "completed": len(texts), "failed": 0}
     assert done.errors is None
     assert done.error_file_id is None
     assert done.output_file_id is not None
@@ -230,7 +231,7 @@ def test_batch_runs_to_completion(client: openai.OpenAI, upstream: FakeUpstreamP
     for row in rows:
         assert_output_line(row)
         answer_ok("/v1/chat/completions", row["response"]["body"], texts[row["custom_id"]])
-    assert upstream.stats()["by_path"].get("/v1/chat/completions") == 12
+    assert upstream.stats()["by_path"].get("/v1/chat/completions") == len(texts)
     # The output file is an ordinary file: listed with its purpose.
     assert done.output_file_id in [f.id for f in client.files.list(purpose="batch_output")]
 
@@ -254,6 +255,7 @@ def test_mixed_outcomes_every_custom_id_exactly_once(client: openai.OpenAI) -> N
 
     ids = [r["custom_id"] for r in out + err]
     assert sorted(ids) == sorted(r["custom_id"] for r in rows)  # each exactly once
+    assert len({r["id"] for r in out + err}) == len(rows)  # request ids are unique across both files
     assert {r["custom_id"] for r in out} == {*good, *recovers}
     for row in out:
         assert_output_line(row)
@@ -306,6 +308,10 @@ def test_every_served_endpoint_runs(client: openai.OpenAI, upstream: FakeUpstrea
         assert_output_line(row)
         answer_ok(endpoint, row["response"]["body"], texts[row["custom_id"]])
     assert upstream.stats()["by_path"] == {endpoint: 3}
+    assert done.usage is not None
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
+    if endpoint != "/v1/moderations":  # the fake reports no usage for moderations
+        assert done.usage.input_tokens > 0
 
 
 # ---------------------------------------------------------------------------- create parameters
@@ -349,8 +355,10 @@ def test_completion_window_extension_is_accepted(client: openai.OpenAI, input_fi
     {"k" * 65: "v"},
     {"key": "v" * 513},
     {"key": 5},
+    ["not", "an", "object"],
+    "a string",
 ])
-def test_bad_metadata_is_400(client: openai.OpenAI, input_file: str, metadata: dict[str, Any]) -> None:
+def test_bad_metadata_is_400(client: openai.OpenAI, input_file: str, metadata: Any) -> None:
     sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
                                             completion_window="24h", metadata=metadata), 400, "metadata")
 
@@ -459,6 +467,13 @@ def test_list_batches_newest_first_with_pagination(make_server: Callable[..., Se
         assert [b.id for b in exact.data] == newest_first and exact.has_more is False
         empty = c.batches.with_raw_response.list(after=created[0]).http_response.json()
         assert empty["data"] == [] and empty["has_more"] is False
+        # The default page is 20.
+        created += [c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h").id for _ in range(17)]
+        default = c.batches.list()
+        assert [b.id for b in default.data] == list(reversed(created))[:20]
+        assert default.has_more is True
+        assert [b.id for b in c.batches.list()] == list(reversed(created))  # auto-pagination: all 22
         for batch_id in created:
             wait_terminal(c, batch_id)
 
@@ -518,6 +533,47 @@ def test_cancel_running_batch_keeps_finished_results(client: openai.OpenAI, upst
         assert row["response"] is None
         assert row["error"]["code"] == "batch_cancelled"
     # Cancelling again is a conflict: it is already over.
+    sdk_error(lambda: client.batches.cancel(batch.id), 409)
+    poll_until(lambda: upstream.stats()["in_flight"] == 0, timeout=10, message="hung upstream calls not closed")
+
+
+def test_cancel_while_validating(client: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
+    rows = [chat_line(f"v-{i}", f"line {i} @hang:1") for i in range(3000)]
+    batch = create(client, rows)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling", cancelling
+    done = wait_terminal(client, batch.id)
+    assert done.status == "cancelled", done
+    assert done.cancelled_at is not None and done.completed_at is None and done.failed_at is None
+    assert done.request_counts is not None
+    counts = done.request_counts
+    if done.in_progress_at is None:  # cut off before anything ran: nothing to report
+        assert counts.model_dump() == {"total": 0, "completed": 0, "failed": 0}
+        assert done.output_file_id is None and done.error_file_id is None
+    else:  # validation won the race: every request is accounted for exactly once
+        assert counts.total == 3000 and counts.completed + counts.failed == 3000
+        ids = [r["custom_id"] for r in file_lines(client, done.output_file_id) + file_lines(client, done.error_file_id)]
+        assert sorted(ids) == sorted(r["custom_id"] for r in rows)
+    poll_until(lambda: upstream.stats()["in_flight"] == 0, timeout=10, message="hung upstream calls not closed")
+
+
+def test_window_passing_expires_the_batch(client: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
+    quick = {f"quick-{i}": f"fast {i}" for i in range(2)}
+    stuck = {f"stuck-{i}": f"never answered {i} @hang:1" for i in range(3)}
+    batch = create(client, [chat_line(c, t) for c, t in {**quick, **stuck}.items()], completion_window="2s")
+    assert batch.expires_at == batch.created_at + 2
+    done = wait_terminal(client, batch.id, timeout=15)
+    assert done.status == "expired", done
+    assert done.expired_at is not None and done.expired_at >= batch.expires_at
+    assert done.completed_at is None and done.cancelled_at is None and done.failed_at is None
+    assert done.request_counts is not None
+    assert done.request_counts.model_dump() == {"total": 5, "completed": 2, "failed": 3}
+    assert sorted(r["custom_id"] for r in file_lines(client, done.output_file_id)) == sorted(quick)
+    err = file_lines(client, done.error_file_id)
+    assert sorted(r["custom_id"] for r in err) == sorted(stuck)
+    for row in err:
+        assert row["response"] is None
+        assert row["error"]["code"] == "batch_expired"
     sdk_error(lambda: client.batches.cancel(batch.id), 409)
     poll_until(lambda: upstream.stats()["in_flight"] == 0, timeout=10, message="hung upstream calls not closed")
 

@@ -137,6 +137,11 @@ def test_json_scalar_line_is_invalid(client: openai.OpenAI, raw: bytes) -> None:
     fails_with(client, jsonl(raw, good(2)), [("invalid_json_line", 1, None)])
 
 
+def test_non_utf8_line_is_invalid_json(client: openai.OpenAI) -> None:
+    fails_with(client, jsonl(good(1), good(2), b'{"custom_id": "\xff\xfe", "method": "POST"}'),
+               [("invalid_json_line", 3, None)])
+
+
 def test_missing_custom_id(client: openai.OpenAI) -> None:
     row = good(2)
     del row["custom_id"]
@@ -153,6 +158,29 @@ def test_missing_body_model(client: openai.OpenAI) -> None:
     row = good(3)
     del row["body"]["model"]
     fails_with(client, jsonl(good(1), good(2), row), [("missing_required_parameter", 3, "body.model")])
+
+
+@pytest.mark.parametrize("field", ["method", "url"])
+def test_missing_method_or_url(client: openai.OpenAI, field: str) -> None:
+    row = good(2)
+    del row[field]
+    fails_with(client, jsonl(good(1), row), [("missing_required_parameter", 2, field)])
+
+
+@pytest.mark.parametrize("body", [[1, 2], "text", 7])
+def test_body_that_is_not_an_object(client: openai.OpenAI, body: Any) -> None:
+    row = good(1)
+    row["body"] = body
+    data = errors_of(run(client, jsonl(row, good(2))))
+    assert [(e["line"], e["param"]) for e in data] == [(1, "body")]
+
+
+@pytest.mark.parametrize("custom_id", ["", 17, None, ["a"]])
+def test_custom_id_that_is_not_a_non_empty_string(client: openai.OpenAI, custom_id: Any) -> None:
+    row = good(1)
+    row["custom_id"] = custom_id
+    data = errors_of(run(client, jsonl(good(0), row)))
+    assert [(e["line"], e["param"]) for e in data] == [(2, "custom_id")]
 
 
 def test_invalid_url(client: openai.OpenAI) -> None:
@@ -267,9 +295,11 @@ def test_file_too_large(make_server: Callable[..., ServerProcess], upstream: Fak
         assert len(content) > 100
         data = errors_of(run(c, content))
         assert [e["code"] for e in data] == ["file_too_large"]
-        small = jsonl({"custom_id": "a", "method": "POST", "url": CHAT,
-                       "body": {"model": "fake-model", "messages": []}})
-        assert len(small) <= 100
+        # Exactly at the limit is fine: one compact request padded with JSON whitespace to 100 bytes.
+        small = json.dumps({"custom_id": "a", "method": "POST", "url": CHAT, "body": {"model": "fake-model"}},
+                           separators=(",", ":")).encode()
+        small = small[:-1] + b" " * (99 - len(small)) + b"}\n"
+        assert len(small) == 100
         assert run(c, small).status == "completed"
 
 

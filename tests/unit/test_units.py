@@ -265,7 +265,7 @@ async def test_iter_lines_matches_a_reference_at_every_chunk_size(blob_store: Lo
         pieces = []
         for _ in range(rng.randint(0, 12)):
             length = rng.choice([0, 0, 1, 2, 5, 9, 10, 11, 17, 40])
-            pieces.append(bytes(rng.choice(b"ab{}\r\" ") for _ in range(length)))
+            pieces.append(bytes(rng.choice(b'ab{}\r" ') for _ in range(length)))
         data = b"\n".join(pieces) + (b"\n" if rng.random() < 0.5 else b"")
         key = f"case{case}"
         await _put(blob_store, key, data)
@@ -537,8 +537,16 @@ def test_safe_filename_is_at_most_255_characters() -> None:
 
 
 def _row(**values: Any) -> dict[str, Any]:
-    row = {"line_no": 7, "custom_id": "req-7", "ok": True, "status_code": None, "upstream_request_id": None,
-           "body": None, "error_code": None, "error_message": None}
+    row = {
+        "line_no": 7,
+        "custom_id": "req-7",
+        "ok": True,
+        "status_code": None,
+        "upstream_request_id": None,
+        "body": None,
+        "error_code": None,
+        "error_message": None,
+    }
     row.update(values)
     return row
 

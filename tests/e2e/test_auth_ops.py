@@ -1,0 +1,298 @@
+"""End to end: operations endpoints (SPEC §7), the admin key (SPEC §2 errors) and the safe-bind rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.harness import (
+    FakeUpstreamProcess,
+    ServerProcess,
+    base_config,
+    chat_line,
+    free_port,
+    openai_client,
+    poll_until,
+    read_jsonl_bytes,
+    upstream_model_config,
+)
+
+ANY = object()
+KEY = "secret"
+MODEL_NAMES = ["fake-model", "second-model", "third/model:v1"]
+
+# Every OpenAI route batchgate serves (method, path), with ids that do not exist.
+V1_ROUTES = [
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files"),
+    ("GET", "/v1/files/file-nope"),
+    ("DELETE", "/v1/files/file-nope"),
+    ("GET", "/v1/files/file-nope/content"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/batch_nope"),
+    ("POST", "/v1/batches/batch_nope/cancel"),
+    ("GET", "/v1/models"),
+]
+
+
+def config(upstream_url: str) -> dict[str, Any]:
+    cfg = base_config(upstream_url)
+    cfg["models"] += [upstream_model_config(upstream_url, name=name) for name in MODEL_NAMES[1:]]
+    cfg["engine"] = {"backoff_base_s": 0.01, "poll_interval_s": 0.1}
+    return cfg
+
+
+def assert_error(response: Any, status: int, param: Any = ANY, code: Any = ANY) -> dict[str, Any]:
+    """The answer is `status` with exactly the OpenAI error envelope; returns the inner error."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"], err
+    assert isinstance(err["type"], str) and err["type"], err
+    if param is not ANY:
+        assert err["param"] == param, err
+    if code is not ANY:
+        assert err["code"] == code, err
+    return err
+
+
+def start(upstream_url: str, workdir: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    return ServerProcess(config(upstream_url), env=env, workdir=workdir).start().wait_ready()
+
+
+@pytest.fixture(scope="module")
+def open_server(fake_upstream: FakeUpstreamProcess,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """No admin key, loopback only: the open local mode."""
+    srv = start(fake_upstream.url, tmp_path_factory.mktemp("open-server"))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(fake_upstream: FakeUpstreamProcess,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = start(fake_upstream.url, tmp_path_factory.mktemp("keyed-server"), env={"BATCHGATE_ADMIN_KEY": KEY})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for name in ("open_server", "keyed_server"):
+            if name in request.fixturenames:
+                srv = request.getfixturevalue(name)
+                print(f"\n----- {name} {srv!r} log tail -----\n{srv.log_tail(100)}")
+
+
+# ---------------------------------------------------------------------------- operations
+@pytest.mark.parametrize("server_name", ["open_server", "keyed_server"])
+def test_health_needs_no_key(request: pytest.FixtureRequest, server_name: str) -> None:
+    srv: ServerProcess = request.getfixturevalue(server_name)
+    response = httpx.get(f"{srv.url}/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert response.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("server_name", ["open_server", "keyed_server"])
+def test_ready_needs_no_key(request: pytest.FixtureRequest, server_name: str) -> None:
+    srv: ServerProcess = request.getfixturevalue(server_name)
+    assert httpx.get(f"{srv.url}/ready").status_code == 200
+
+
+def test_ready_is_503_while_the_blob_store_is_gone(open_server: ServerProcess) -> None:
+    files = open_server.workdir / ".batchgate" / "files"
+    away = files.with_name("files.away")
+    files.rename(away)
+    try:
+        response = httpx.get(f"{open_server.url}/ready")
+        assert response.status_code == 503, response.text
+        assert httpx.get(f"{open_server.url}/health").status_code == 200  # alive, just not ready
+    finally:
+        away.rename(files)
+    assert httpx.get(f"{open_server.url}/ready").status_code == 200
+
+
+def test_metrics_is_prometheus_text(open_server: ServerProcess) -> None:
+    # Something worth counting first.
+    with openai_client(open_server) as c:
+        c.files.create(file=("m.jsonl", b"metrics\n"), purpose="batch")
+    response = httpx.get(f"{open_server.url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert "batchgate_" in text
+    assert "# TYPE batchgate_" in text
+    assert any(line.startswith("batchgate_files_uploaded_total ") and float(line.split()[1]) >= 1
+               for line in text.splitlines()), text[:2000]
+
+
+def test_models_lists_configured_names(open_server: ServerProcess) -> None:
+    raw = httpx.get(f"{open_server.base_url}/models")
+    assert raw.status_code == 200
+    body = raw.json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == MODEL_NAMES
+    for model in body["data"]:
+        assert model["object"] == "model"
+        assert isinstance(model["created"], int)
+        assert isinstance(model["owned_by"], str)
+    with openai_client(open_server) as c:
+        assert [m.id for m in c.models.list()] == MODEL_NAMES
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/nope"),
+    ("GET", "/v1/nope"),
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/v1/files/file-x/content/extra"),
+    ("GET", "/v2/files"),
+])
+def test_unknown_route_is_404_envelope(open_server: ServerProcess, method: str, path: str) -> None:
+    assert_error(httpx.request(method, f"{open_server.url}{path}"), 404)
+
+
+def test_wrong_method_is_an_error_envelope(open_server: ServerProcess) -> None:
+    response = httpx.put(f"{open_server.base_url}/files")
+    assert response.status_code in (404, 405)
+    assert_error(response, response.status_code)
+
+
+# ---------------------------------------------------------------------------- the admin key
+@pytest.mark.parametrize(("method", "path"), V1_ROUTES)
+@pytest.mark.parametrize("headers", [
+    {},
+    {"authorization": "Bearer wrong"},
+    {"authorization": f"Bearer {KEY}x"},
+    {"authorization": f"Basic {KEY}"},
+    {"authorization": KEY},
+    {"authorization": "Bearer"},
+    {"x-api-key": KEY},
+], ids=["none", "wrong", "longer", "basic", "bare", "empty", "x-api-key"])
+def test_v1_without_the_right_key_is_401(keyed_server: ServerProcess, method: str, path: str,
+                                         headers: dict[str, str]) -> None:
+    kwargs: dict[str, Any] = {"headers": headers}
+    if path == "/v1/files" and method == "POST":
+        kwargs["files"] = {"file": ("a.jsonl", b"x"), "purpose": (None, "batch")}
+    elif method == "POST":
+        kwargs["json"] = {"input_file_id": "file-nope", "endpoint": "/v1/chat/completions",
+                          "completion_window": "24h"}
+    response = httpx.request(method, f"{keyed_server.url}{path}", **kwargs)
+    # 401, not 404: without a key nothing reveals whether an object exists.
+    assert_error(response, 401)
+
+
+def test_sdk_with_a_wrong_key_gets_authentication_error(keyed_server: ServerProcess) -> None:
+    with openai_client(keyed_server, api_key="not-the-key") as c:
+        with pytest.raises(openai.AuthenticationError) as info:
+            c.files.list()
+        assert_error(info.value.response, 401)
+        with pytest.raises(openai.AuthenticationError):
+            c.batches.list()
+
+
+def test_the_right_key_works_end_to_end(keyed_server: ServerProcess, upstream: FakeUpstreamProcess) -> None:
+    with openai_client(keyed_server, api_key=KEY) as c:
+        assert [m.id for m in c.models.list()] == MODEL_NAMES
+        content = "".join(json.dumps(chat_line(f"k{i}", f"keyed {i}")) + "\n" for i in range(3)).encode()
+        f = c.files.create(file=("in.jsonl", content), purpose="batch")
+        assert f.id in [x.id for x in c.files.list()]
+        assert c.files.retrieve(f.id).bytes == f.bytes
+        batch = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        done = poll_until(lambda: (b := c.batches.retrieve(batch.id)).status == "completed" and b, timeout=20,
+                          message="the keyed batch did not complete")
+        assert done.request_counts is not None and done.request_counts.completed == 3
+        assert done.output_file_id is not None
+        rows = read_jsonl_bytes(c.files.content(done.output_file_id).content)
+        assert sorted(r["custom_id"] for r in rows) == ["k0", "k1", "k2"]
+        assert batch.id in [b.id for b in c.batches.list()]
+        with pytest.raises(openai.ConflictError):
+            c.batches.cancel(batch.id)
+        with pytest.raises(openai.NotFoundError):
+            c.batches.retrieve("batch_nope")
+        assert c.files.delete(f.id).deleted is True
+    # The key to the gateway is not the upstream's key: the upstream saw its own.
+    assert upstream.stats()["auth_headers"] == ["Bearer upstream-secret"]
+
+
+def test_lowercase_bearer_scheme_is_accepted(keyed_server: ServerProcess) -> None:
+    response = httpx.get(f"{keyed_server.base_url}/models", headers={"authorization": f"bearer {KEY}"})
+    assert response.status_code == 200
+
+
+def test_metrics_on_a_keyed_server(keyed_server: ServerProcess) -> None:
+    response = httpx.get(f"{keyed_server.url}/metrics")
+    # "auth configurable": by default it answers; if protected it must say 401 in the envelope.
+    if response.status_code == 401:
+        assert_error(response, 401)
+    else:
+        assert response.status_code == 200
+        assert "batchgate_" in response.text
+    assert httpx.get(f"{keyed_server.url}/metrics",
+                     headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_unknown_route_on_keyed_server_is_an_envelope(keyed_server: ServerProcess) -> None:
+    response = httpx.get(f"{keyed_server.url}/nope", headers={"authorization": f"Bearer {KEY}"})
+    assert_error(response, 404)
+
+
+# ---------------------------------------------------------------------------- the safe-bind rule
+def _cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGATE_")}
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("how", ["--host 0.0.0.0", "--host ::", "config server.host 0.0.0.0"])
+def test_serve_on_all_interfaces_without_a_key_refuses(tmp_path: Path, upstream: FakeUpstreamProcess,
+                                                        how: str) -> None:
+    cfg = config(upstream.url)
+    port = free_port()
+    args = [sys.executable, "-m", "batchgate", "serve", "--port", str(port)]
+    if how.startswith("--host"):
+        args += how.split()
+    else:
+        cfg["server"] = {"host": "0.0.0.0", "port": port}
+    (tmp_path / "batchgate.yaml").write_text(yaml.safe_dump(cfg))
+    result = subprocess.run(args, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "BATCHGATE_ADMIN_KEY" in output, output
+    # It never listened.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+
+
+def test_serve_on_all_interfaces_with_a_key_starts(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
+    srv = ServerProcess(config(upstream.url), env={"BATCHGATE_ADMIN_KEY": KEY}, workdir=tmp_path,
+                        extra_args=["--host", "0.0.0.0"])
+    try:
+        srv.start().wait_ready()
+        assert httpx.get(f"{srv.url}/v1/models").status_code == 401
+        assert httpx.get(f"{srv.url}/v1/models", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+    finally:
+        srv.stop()
