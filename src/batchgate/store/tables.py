@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -87,10 +88,13 @@ requests = Table(
     Index("ix_requests_lease", "state", "lease_until"),
 )
 
-# One row per finished request; the primary key makes a repeated write after a crash harmless.
+# One row per finished request; the unique (batch_id, line_no) makes a repeated write after a crash
+# harmless. `seq` grows in commit order (one writer on SQLite), so "results after seq N" pages
+# stay exact while results keep arriving.
 results = Table(
     "results",
     metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("batch_id", String(64), nullable=False),
     Column("line_no", Integer, nullable=False),
     Column("custom_id", Text, nullable=False),
@@ -101,5 +105,6 @@ results = Table(
     Column("error_code", String(64), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("finished_at", Float, nullable=False),
-    PrimaryKeyConstraint("batch_id", "line_no"),
+    UniqueConstraint("batch_id", "line_no", name="uq_results_batch_line"),
+    sqlite_autoincrement=True,
 )

@@ -84,6 +84,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_requests_lease', ['state', 'lease_until'], unique=False)
 
     op.create_table('results',
+    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('batch_id', sa.String(length=64), nullable=False),
     sa.Column('line_no', sa.Integer(), nullable=False),
     sa.Column('custom_id', sa.Text(), nullable=False),
@@ -94,7 +95,9 @@ def upgrade() -> None:
     sa.Column('error_code', sa.String(length=64), nullable=True),
     sa.Column('error_message', sa.Text(), nullable=True),
     sa.Column('finished_at', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('batch_id', 'line_no')
+    sa.PrimaryKeyConstraint('seq'),
+    sa.UniqueConstraint('batch_id', 'line_no', name='uq_results_batch_line'),
+    sqlite_autoincrement=True,
     )
 
 
