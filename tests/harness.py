@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
@@ -31,7 +31,9 @@ __all__ = [
     "free_port",
     "openai_client",
     "poll_until",
+    "python_env",
     "read_jsonl_bytes",
+    "running_server",
     "upstream_model_config",
     "write_jsonl",
 ]
@@ -83,6 +85,11 @@ def _python_env(overrides: Mapping[str, str] | None, strip_prefix: str | None) -
     return env
 
 
+def python_env(overrides: Mapping[str, str] | None = None, inherit_batchgate_env: bool = False) -> dict[str, str]:
+    """The environment for a batchgate child process: ours, src/ importable, no ``BATCHGATE_*`` unless asked."""
+    return _python_env(overrides, None if inherit_batchgate_env else "BATCHGATE_")
+
+
 def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
     """Signal the child's whole process group (it has its own session), ignoring the dead."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -115,7 +122,7 @@ class ServerProcess:
         if config is not None:
             self.config_path = self.workdir / "batchgate.yaml"
             self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-        self.env = _python_env(env, None if inherit_batchgate_env else "BATCHGATE_")
+        self.env = python_env(env, inherit_batchgate_env)
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -233,6 +240,18 @@ class ServerProcess:
 
     def __repr__(self) -> str:
         return f"ServerProcess(url={self.url!r}, pid={self.pid}, workdir={str(self.workdir)!r})"
+
+
+@contextlib.contextmanager
+def running_server(
+    config: Mapping[str, Any] | None, workdir: str | os.PathLike[str] | None = None, **kwargs: Any
+) -> Iterator[ServerProcess]:
+    """A started, ready ``ServerProcess`` (``kwargs`` as for it), stopped on exit even if it never got ready."""
+    server = ServerProcess(config, workdir=workdir, **kwargs)
+    try:
+        yield server.start().wait_ready()
+    finally:
+        server.stop()
 
 
 class FakeUpstreamProcess:

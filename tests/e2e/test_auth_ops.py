@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +12,19 @@ import openai
 import pytest
 import yaml
 
+from tests.e2e.helpers import API_ENGINE, assert_error, gateway_config, module_server, upload, wait_terminal
 from tests.harness import (
     FakeUpstreamProcess,
     ServerProcess,
-    base_config,
     chat_line,
     free_port,
     openai_client,
-    poll_until,
+    python_env,
     read_jsonl_bytes,
+    running_server,
     upstream_model_config,
 )
 
-ANY = object()
 KEY = "secret"
 MODEL_NAMES = ["fake-model", "second-model", "third/model:v1"]
 
@@ -47,62 +44,11 @@ V1_ROUTES = [
 
 
 def config(upstream_url: str) -> dict[str, Any]:
-    cfg = base_config(upstream_url)
-    cfg["models"] += [upstream_model_config(upstream_url, name=name) for name in MODEL_NAMES[1:]]
-    cfg["engine"] = {"backoff_base_s": 0.01, "poll_interval_s": 0.1}
-    return cfg
+    return gateway_config(*(upstream_model_config(upstream_url, name=name) for name in MODEL_NAMES), engine=API_ENGINE)
 
 
-def assert_error(response: Any, status: int, param: Any = ANY, code: Any = ANY) -> dict[str, Any]:
-    """The answer is `status` with exactly the OpenAI error envelope; returns the inner error."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"], err
-    assert isinstance(err["type"], str) and err["type"], err
-    if param is not ANY:
-        assert err["param"] == param, err
-    if code is not ANY:
-        assert err["code"] == code, err
-    return err
-
-
-def start(upstream_url: str, workdir: Path, env: dict[str, str] | None = None) -> ServerProcess:
-    return ServerProcess(config(upstream_url), env=env, workdir=workdir).start().wait_ready()
-
-
-@pytest.fixture(scope="module")
-def open_server(fake_upstream: FakeUpstreamProcess,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """No admin key, loopback only: the open local mode."""
-    srv = start(fake_upstream.url, tmp_path_factory.mktemp("open-server"))
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
-def keyed_server(fake_upstream: FakeUpstreamProcess,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start(fake_upstream.url, tmp_path_factory.mktemp("keyed-server"), env={"BATCHGATE_ADMIN_KEY": KEY})
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def _log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for name in ("open_server", "keyed_server"):
-            if name in request.fixturenames:
-                srv = request.getfixturevalue(name)
-                print(f"\n----- {name} {srv!r} log tail -----\n{srv.log_tail(100)}")
+open_server = module_server("open_server", config)  # no admin key, loopback only: the open local mode
+keyed_server = module_server("keyed_server", config, env={"BATCHGATE_ADMIN_KEY": KEY})
 
 
 # ---------------------------------------------------------------------------- operations
@@ -215,13 +161,12 @@ def test_sdk_with_a_wrong_key_gets_authentication_error(keyed_server: ServerProc
 def test_the_right_key_works_end_to_end(keyed_server: ServerProcess, upstream: FakeUpstreamProcess) -> None:
     with openai_client(keyed_server, api_key=KEY) as c:
         assert [m.id for m in c.models.list()] == MODEL_NAMES
-        content = "".join(json.dumps(chat_line(f"k{i}", f"keyed {i}")) + "\n" for i in range(3)).encode()
-        f = c.files.create(file=("in.jsonl", content), purpose="batch")
+        f = upload(c, [chat_line(f"k{i}", f"keyed {i}") for i in range(3)], filename="in.jsonl")
         assert f.id in [x.id for x in c.files.list()]
         assert c.files.retrieve(f.id).bytes == f.bytes
         batch = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-        done = poll_until(lambda: (b := c.batches.retrieve(batch.id)).status == "completed" and b, timeout=20,
-                          message="the keyed batch did not complete")
+        done = wait_terminal(c, batch.id)
+        assert done.status == "completed", done
         assert done.request_counts is not None and done.request_counts.completed == 3
         assert done.output_file_id is not None
         rows = read_jsonl_bytes(c.files.content(done.output_file_id).content)
@@ -259,14 +204,6 @@ def test_unknown_route_on_keyed_server_is_an_envelope(keyed_server: ServerProces
 
 
 # ---------------------------------------------------------------------------- the safe-bind rule
-def _cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGATE_")}
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    env.update(extra)
-    return env
-
-
 @pytest.mark.parametrize("how", ["--host 0.0.0.0", "--host ::", "config server.host 0.0.0.0"])
 def test_serve_on_all_interfaces_without_a_key_refuses(tmp_path: Path, upstream: FakeUpstreamProcess,
                                                         how: str) -> None:
@@ -278,7 +215,7 @@ def test_serve_on_all_interfaces_without_a_key_refuses(tmp_path: Path, upstream:
     else:
         cfg["server"] = {"host": "0.0.0.0", "port": port}
     (tmp_path / "batchgate.yaml").write_text(yaml.safe_dump(cfg))
-    result = subprocess.run(args, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=30)
+    result = subprocess.run(args, cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "BATCHGATE_ADMIN_KEY" in output, output
@@ -288,11 +225,7 @@ def test_serve_on_all_interfaces_without_a_key_refuses(tmp_path: Path, upstream:
 
 
 def test_serve_on_all_interfaces_with_a_key_starts(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
-    srv = ServerProcess(config(upstream.url), env={"BATCHGATE_ADMIN_KEY": KEY}, workdir=tmp_path,
-                        extra_args=["--host", "0.0.0.0"])
-    try:
-        srv.start().wait_ready()
+    with running_server(config(upstream.url), tmp_path, env={"BATCHGATE_ADMIN_KEY": KEY},
+                        extra_args=["--host", "0.0.0.0"]) as srv:
         assert httpx.get(f"{srv.url}/v1/models").status_code == 401
         assert httpx.get(f"{srv.url}/v1/models", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
-    finally:
-        srv.stop()

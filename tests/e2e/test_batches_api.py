@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from openai.types import Batch, FileObject
 
+from tests.e2e.helpers import (
+    API_ENGINE,
+    assert_ended_with,
+    assert_error,
+    file_lines,
+    gateway_config,
+    module_server,
+    result_files,
+    sdk_error,
+    submit,
+    unexpected_tracebacks,
+    upload,
+    wait_batch,
+    wait_terminal,
+    wait_upstream_idle,
+)
 from tests.fake_upstream import count_tokens, fake_embedding
 from tests.harness import (
     FakeUpstreamProcess,
     ServerProcess,
-    base_config,
     chat_line,
     free_port,
     openai_client,
     poll_until,
-    read_jsonl_bytes,
     upstream_model_config,
 )
 
-ANY = object()
-TERMINAL = ("completed", "failed", "expired", "cancelled")
 BATCH_KEYS = {
     "id", "object", "endpoint", "model", "errors", "input_file_id", "completion_window", "status",
     "output_file_id", "error_file_id", "created_at", "in_progress_at", "expires_at", "finalizing_at",
@@ -39,67 +49,14 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/r
 
 # ---------------------------------------------------------------------------- helpers
 def config(upstream_url: str) -> dict[str, Any]:
-    cfg = base_config(upstream_url)
-    cfg["models"] += [
+    return gateway_config(
+        upstream_model_config(upstream_url),
         # Nothing listens there: every request ends `upstream_unreachable` after one attempt.
         upstream_model_config(f"http://127.0.0.1:{free_port()}/v1", name="dead-model", max_attempts=1),
         # Gives up quickly: a hung request ends `request_timeout`.
         upstream_model_config(upstream_url, name="impatient-model", max_attempts=1, timeout_s=0.5),
-    ]
-    cfg["engine"] = {"backoff_base_s": 0.01, "poll_interval_s": 0.1}
-    return cfg
-
-
-def assert_error(response: Any, status: int, param: Any = ANY, code: Any = ANY) -> dict[str, Any]:
-    """The answer is `status` with exactly the OpenAI error envelope; returns the inner error."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"], err
-    assert isinstance(err["type"], str) and err["type"], err
-    if param is not ANY:
-        assert err["param"] == param, err
-    if code is not ANY:
-        assert err["code"] == code, err
-    return err
-
-
-def sdk_error(call: Callable[[], Any], status: int, param: Any = ANY, code: Any = ANY) -> dict[str, Any]:
-    with pytest.raises(openai.APIStatusError) as info:
-        call()
-    return assert_error(info.value.response, status, param, code)
-
-
-def upload(client: openai.OpenAI, rows: list[dict[str, Any]], purpose: str = "batch") -> FileObject:
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    return client.files.create(file=("input.jsonl", data), purpose=purpose)  # type: ignore[arg-type]
-
-
-def create(client: openai.OpenAI, rows: list[dict[str, Any]], endpoint: str = "/v1/chat/completions",
-           **kwargs: Any) -> Batch:
-    f = upload(client, rows)
-    kwargs.setdefault("completion_window", "24h")
-    return client.batches.create(input_file_id=f.id, endpoint=endpoint, **kwargs)  # type: ignore[arg-type]
-
-
-def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 20.0) -> Batch:
-    last: list[Batch] = []
-
-    def done() -> Batch | None:
-        b = client.batches.retrieve(batch_id)
-        last[:] = [b]
-        return b if b.status in TERMINAL else None
-
-    return poll_until(done, timeout=timeout, interval=0.05,
-                      message=lambda: f"batch {batch_id} not finished: {last[0] if last else None}")
-
-
-def file_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
-    if file_id is None:
-        return []
-    return read_jsonl_bytes(client.files.content(file_id).content)
+        engine=API_ENGINE,
+    )
 
 
 def line(endpoint: str, custom_id: str, text: str, model: str = "fake-model", **body: Any) -> dict[str, Any]:
@@ -136,29 +93,7 @@ def assert_output_line(row: dict[str, Any], status_code: int = 200) -> None:
     assert isinstance(row["response"]["request_id"], str)
 
 
-@pytest.fixture(scope="module")
-def server(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(config(fake_upstream.url), workdir=tmp_path_factory.mktemp("batches-server"))
-    srv.start().wait_ready()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def _log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "server" in request.fixturenames:
-        srv = request.getfixturevalue("server")
-        print(f"\n----- {srv!r} log tail -----\n{srv.log_tail(100)}")
-
-
-@pytest.fixture
-def client(server: ServerProcess, upstream: FakeUpstreamProcess) -> Iterator[openai.OpenAI]:
-    with openai_client(server) as c:
-        yield c
+server = module_server("server", config)
 
 
 # ---------------------------------------------------------------------------- create and run
@@ -190,7 +125,8 @@ def test_batch_runs_to_completion(client: openai.OpenAI, upstream: FakeUpstreamP
     texts = {f"req-{i}": f"question number {i}" for i in range(11)}
     texts["req-ünï-✓"] = "héllo wörld ✓ 🚀 — ½"  # non-ASCII survives the round trip
     metadata = {"project": "e2e", "owner": "tests", "unicode": "héllo ✓"}
-    batch = create(client, [chat_line(cid, text) for cid, text in texts.items()], metadata=metadata)
+    rows = [chat_line(cid, text) for cid, text in texts.items()]
+    batch = submit(client, rows, metadata=metadata)
     done = wait_terminal(client, batch.id)
 
     assert done.status == "completed", done
@@ -223,14 +159,12 @@ def test_batch_runs_to_completion(client: openai.OpenAI, upstream: FakeUpstreamP
     out = client.files.retrieve(done.output_file_id)
     assert out.purpose == "batch_output"
     assert out.status == "processed"
-    raw = client.files.content(done.output_file_id).content
-    assert out.bytes == len(raw)
-    rows = read_jsonl_bytes(raw)
-    assert sorted(r["custom_id"] for r in rows) == sorted(texts)
-    assert len({r["id"] for r in rows}) == len(rows)
-    for row in rows:
-        assert_output_line(row)
-        answer_ok("/v1/chat/completions", row["response"]["body"], texts[row["custom_id"]])
+    assert out.bytes == len(client.files.content(done.output_file_id).content)
+    lines, _ = result_files(client, done, rows)  # every custom_id exactly once
+    assert len({line["id"] for line in lines.values()}) == len(lines)
+    for custom_id, line in lines.items():
+        assert_output_line(line)
+        answer_ok("/v1/chat/completions", line["response"]["body"], texts[custom_id])
     assert upstream.stats()["by_path"].get("/v1/chat/completions") == len(texts)
     # The output file is an ordinary file: listed with its purpose.
     assert done.output_file_id in [f.id for f in client.files.list(purpose="batch_output")]
@@ -242,32 +176,28 @@ def test_mixed_outcomes_every_custom_id_exactly_once(client: openai.OpenAI) -> N
     bad500 = {"flaky-forever": "always broken @status:500:*"}
     recovers = {"recovers": "broken twice @status:503:2"}
     rows = [chat_line(c, t) for c, t in {**good, **bad400, **bad500, **recovers}.items()]
-    done = wait_terminal(client, create(client, rows).id)
+    done = wait_terminal(client, submit(client, rows).id)
 
     # A batch with failed requests still ends `completed`; the counts tell the story.
     assert done.status == "completed", done
     assert done.request_counts is not None
     assert done.request_counts.model_dump() == {"total": 10, "completed": 6, "failed": 4}
     assert done.output_file_id and done.error_file_id
-    out = file_lines(client, done.output_file_id)
-    err = file_lines(client, done.error_file_id)
     assert client.files.retrieve(done.error_file_id).purpose == "batch_output"
 
-    ids = [r["custom_id"] for r in out + err]
-    assert sorted(ids) == sorted(r["custom_id"] for r in rows)  # each exactly once
-    assert len({r["id"] for r in out + err}) == len(rows)  # request ids are unique across both files
-    assert {r["custom_id"] for r in out} == {*good, *recovers}
-    for row in out:
+    out, err = result_files(client, done, rows)  # each custom_id exactly once
+    assert len({r["id"] for r in [*out.values(), *err.values()]}) == len(rows)  # request ids unique across both
+    assert set(out) == {*good, *recovers}
+    for row in out.values():
         assert_output_line(row)
-    by_id = {r["custom_id"]: r for r in err}
     for cid in bad400:
-        assert_output_line(by_id[cid], status_code=400)  # an HTTP error keeps its response
-        assert by_id[cid]["response"]["body"]["error"]["code"] == "invalid_request"
-    assert_output_line(by_id["flaky-forever"], status_code=500)
+        assert_output_line(err[cid], status_code=400)  # an HTTP error keeps its response
+        assert err[cid]["response"]["body"]["error"]["code"] == "invalid_request"
+    assert_output_line(err["flaky-forever"], status_code=500)
 
 
 def test_unanswered_requests_get_an_error_object(client: openai.OpenAI) -> None:
-    dead = wait_terminal(client, create(client, [chat_line("d1", "x", model="dead-model"),
+    dead = wait_terminal(client, submit(client, [chat_line("d1", "x", model="dead-model"),
                                                  chat_line("d2", "y", model="dead-model")]).id)
     assert dead.status == "completed"
     assert dead.request_counts is not None
@@ -281,7 +211,7 @@ def test_unanswered_requests_get_an_error_object(client: openai.OpenAI) -> None:
         assert set(row["error"]) == {"code", "message"}
         assert row["error"]["code"] == "upstream_unreachable"
 
-    slow = wait_terminal(client, create(client, [chat_line("h1", "wait @hang:1", model="impatient-model"),
+    slow = wait_terminal(client, submit(client, [chat_line("h1", "wait @hang:1", model="impatient-model"),
                                                  chat_line("h2", "quick", model="impatient-model")]).id)
     assert slow.request_counts is not None
     assert slow.request_counts.model_dump() == {"total": 2, "completed": 1, "failed": 1}
@@ -295,7 +225,7 @@ def test_unanswered_requests_get_an_error_object(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_every_served_endpoint_runs(client: openai.OpenAI, upstream: FakeUpstreamProcess, endpoint: str) -> None:
     texts = {f"{endpoint}-{i}": f"text {i} for {endpoint}" for i in range(3)}
-    batch = create(client, [line(endpoint, cid, t) for cid, t in texts.items()], endpoint=endpoint)
+    batch = submit(client, [line(endpoint, cid, t) for cid, t in texts.items()], endpoint=endpoint)
     assert batch.endpoint == endpoint
     done = wait_terminal(client, batch.id)
     assert done.status == "completed", done
@@ -410,7 +340,7 @@ def test_malformed_create_body_is_400(server: ServerProcess, raw: bytes) -> None
 
 def test_output_expires_after_sets_output_expiry(client: openai.OpenAI) -> None:
     rows = [chat_line("ok", "fine"), chat_line("bad", "no @status:400:*")]
-    done = wait_terminal(client, create(client, rows,
+    done = wait_terminal(client, submit(client, rows,
                                         output_expires_after={"anchor": "created_at", "seconds": 3600}).id)
     assert done.output_file_id and done.error_file_id
     for file_id in (done.output_file_id, done.error_file_id):
@@ -488,7 +418,7 @@ def test_list_batches_limit_100_is_accepted(client: openai.OpenAI) -> None:
 
 
 def test_cancel_of_completed_batch_is_409_and_changes_nothing(client: openai.OpenAI) -> None:
-    done = wait_terminal(client, create(client, [chat_line("a", "b")]).id)
+    done = wait_terminal(client, submit(client, [chat_line("a", "b")]).id)
     assert done.status == "completed"
     sdk_error(lambda: client.batches.cancel(done.id), 409)
     assert client.batches.retrieve(done.id).model_dump() == done.model_dump()
@@ -506,13 +436,11 @@ def test_cancel_of_failed_batch_is_409(client: openai.OpenAI) -> None:
 def test_cancel_running_batch_keeps_finished_results(client: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
     quick = {f"quick-{i}": f"fast {i}" for i in range(3)}
     stuck = {f"stuck-{i}": f"never answered {i} @hang:1" for i in range(4)}
-    batch = create(client, [chat_line(c, t) for c, t in {**quick, **stuck}.items()])
-
-    def quick_done() -> bool:
-        b = client.batches.retrieve(batch.id)
-        return b.status == "in_progress" and b.request_counts is not None and b.request_counts.completed == 3
-
-    poll_until(quick_done, timeout=10, message="the quick requests never finished")
+    rows = [chat_line(c, t) for c, t in {**quick, **stuck}.items()]
+    batch = submit(client, rows)
+    wait_batch(client, batch.id,
+               lambda b: b.status == "in_progress" and b.request_counts is not None and b.request_counts.completed == 3,
+               timeout=10, what="the quick requests never finished")
     poll_until(lambda: upstream.stats()["in_flight"] >= 4, timeout=10, message="the stuck requests never started")
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling"
@@ -525,21 +453,19 @@ def test_cancel_running_batch_keeps_finished_results(client: openai.OpenAI, upst
     assert done.completed_at is None and done.failed_at is None and done.expired_at is None
     assert done.request_counts is not None
     assert done.request_counts.model_dump() == {"total": 7, "completed": 3, "failed": 4}
-    out = file_lines(client, done.output_file_id)
-    err = file_lines(client, done.error_file_id)
-    assert sorted(r["custom_id"] for r in out) == sorted(quick)
-    assert sorted(r["custom_id"] for r in err) == sorted(stuck)
-    for row in err:
-        assert row["response"] is None
-        assert row["error"]["code"] == "batch_cancelled"
+    out, err = result_files(client, done, rows)
+    assert set(out) == set(quick)
+    assert set(err) == set(stuck)
+    for row in err.values():
+        assert_ended_with(row, "batch_cancelled")
     # Cancelling again is a conflict: it is already over.
     sdk_error(lambda: client.batches.cancel(batch.id), 409)
-    poll_until(lambda: upstream.stats()["in_flight"] == 0, timeout=10, message="hung upstream calls not closed")
+    wait_upstream_idle(upstream, "hung upstream calls not closed")
 
 
 def test_cancel_while_validating(client: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
     rows = [chat_line(f"v-{i}", f"line {i} @hang:1") for i in range(3000)]
-    batch = create(client, rows)
+    batch = submit(client, rows)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling", cancelling
     done = wait_terminal(client, batch.id)
@@ -552,15 +478,15 @@ def test_cancel_while_validating(client: openai.OpenAI, upstream: FakeUpstreamPr
         assert done.output_file_id is None and done.error_file_id is None
     else:  # validation won the race: every request is accounted for exactly once
         assert counts.total == 3000 and counts.completed + counts.failed == 3000
-        ids = [r["custom_id"] for r in file_lines(client, done.output_file_id) + file_lines(client, done.error_file_id)]
-        assert sorted(ids) == sorted(r["custom_id"] for r in rows)
-    poll_until(lambda: upstream.stats()["in_flight"] == 0, timeout=10, message="hung upstream calls not closed")
+        result_files(client, done, rows)
+    wait_upstream_idle(upstream, "hung upstream calls not closed")
 
 
 def test_window_passing_expires_the_batch(client: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
     quick = {f"quick-{i}": f"fast {i}" for i in range(2)}
     stuck = {f"stuck-{i}": f"never answered {i} @hang:1" for i in range(3)}
-    batch = create(client, [chat_line(c, t) for c, t in {**quick, **stuck}.items()], completion_window="2s")
+    rows = [chat_line(c, t) for c, t in {**quick, **stuck}.items()]
+    batch = submit(client, rows, completion_window="2s")
     assert batch.expires_at == batch.created_at + 2
     done = wait_terminal(client, batch.id, timeout=15)
     assert done.status == "expired", done
@@ -568,19 +494,14 @@ def test_window_passing_expires_the_batch(client: openai.OpenAI, upstream: FakeU
     assert done.completed_at is None and done.cancelled_at is None and done.failed_at is None
     assert done.request_counts is not None
     assert done.request_counts.model_dump() == {"total": 5, "completed": 2, "failed": 3}
-    assert sorted(r["custom_id"] for r in file_lines(client, done.output_file_id)) == sorted(quick)
-    err = file_lines(client, done.error_file_id)
-    assert sorted(r["custom_id"] for r in err) == sorted(stuck)
-    for row in err:
-        assert row["response"] is None
-        assert row["error"]["code"] == "batch_expired"
+    out, err = result_files(client, done, rows)
+    assert set(out) == set(quick)
+    assert set(err) == set(stuck)
+    for row in err.values():
+        assert_ended_with(row, "batch_expired")
     sdk_error(lambda: client.batches.cancel(batch.id), 409)
-    poll_until(lambda: upstream.stats()["in_flight"] == 0, timeout=10, message="hung upstream calls not closed")
-
-
-_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", re.MULTILINE)
+    wait_upstream_idle(upstream, "hung upstream calls not closed")
 
 
 def test_no_unhandled_errors_in_server_log(server: ServerProcess) -> None:
-    records = _LOG_RECORD.split(server.log_text())
-    assert [r for r in records if "Traceback" in r] == []
+    assert unexpected_tracebacks(server.log_text()) == []

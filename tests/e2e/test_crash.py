@@ -7,9 +7,7 @@ that never count a request twice (an upstream call may repeat after a crash; a r
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any
@@ -17,31 +15,27 @@ from typing import Any
 import openai
 from openai.types import Batch
 
+from tests.e2e.helpers import (
+    TERMINAL,
+    assert_echoed,
+    result_files,
+    single_model_config,
+    submit,
+    wait_batch,
+    wait_terminal,
+)
 from tests.harness import (
     FakeUpstreamProcess,
     ServerProcess,
     chat_line,
     openai_client,
     poll_until,
-    read_jsonl_bytes,
-    upstream_model_config,
 )
 
-TERMINAL = ("completed", "failed", "expired", "cancelled")
-ENGINE = {"backoff_base_s": 0.02, "backoff_max_s": 5.0, "poll_interval_s": 0.05}
+FINISH_TIMEOUT = 60.0  # a run cut short by crashes, with restarts, takes longer than the usual wait
 
 
 # ---------------------------------------------------------------------------- helpers
-def config(upstream_url: str, **deployment: Any) -> dict[str, Any]:
-    return {"models": [upstream_model_config(upstream_url, **deployment)], "engine": dict(ENGINE)}
-
-
-def submit(client: openai.OpenAI, rows: list[dict[str, Any]]) -> Batch:
-    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
-    file = client.files.create(file=("input.jsonl", data), purpose="batch")
-    return client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
-
-
 def kill_when(
     server: ServerProcess,
     client: openai.OpenAI,
@@ -49,17 +43,10 @@ def kill_when(
     condition: Callable[[Batch], bool],
     timeout: float = 30.0,
 ) -> Batch:
-    """Poll the batch; SIGKILL the server the moment `condition` holds. Returns the last batch seen."""
-    seen: list[Batch] = []
-
-    def check() -> bool:
-        batch = client.batches.retrieve(batch_id)
-        seen[:] = [batch]
-        return condition(batch)
-
-    poll_until(check, timeout, 0.01, message=lambda: f"kill point never reached: {seen[0] if seen else None}")
+    """Poll the batch; SIGKILL the server the moment `condition` holds. Returns the batch that met it."""
+    batch = wait_batch(client, batch_id, condition, timeout, 0.01, what="never reached the kill point")
     server.kill()
-    return seen[0]
+    return batch
 
 
 def restart(server: ServerProcess) -> openai.OpenAI:
@@ -67,45 +54,36 @@ def restart(server: ServerProcess) -> openai.OpenAI:
     return openai_client(server)  # a fresh client: the old one's pooled connections died with the server
 
 
-def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 60.0) -> Batch:
-    last: list[Batch] = []
-
-    def done() -> Batch | None:
-        batch = client.batches.retrieve(batch_id)
-        last[:] = [batch]
-        return batch if batch.status in TERMINAL else None
-
-    return poll_until(done, timeout, 0.05, message=lambda: f"batch not finished: {last[0] if last else None}")
-
-
 def assert_all_succeeded_exactly_once(client: openai.OpenAI, batch: Batch, rows: list[dict[str, Any]]) -> None:
     assert batch.status == "completed", batch
     assert batch.request_counts.model_dump() == {"total": len(rows), "completed": len(rows), "failed": 0}
     assert batch.error_file_id is None
-    out = read_jsonl_bytes(client.files.content(batch.output_file_id).content)
-    assert Counter(line["custom_id"] for line in out) == Counter(r["custom_id"] for r in rows)
+    out, _ = result_files(client, batch, rows)
     by_id = {r["custom_id"]: r for r in rows}
     input_tokens = output_tokens = 0
-    for line in out:
-        assert line["error"] is None
-        assert line["response"]["status_code"] == 200
-        body = line["response"]["body"]
-        expected = "echo: " + by_id[line["custom_id"]]["body"]["messages"][-1]["content"]
-        assert body["choices"][0]["message"]["content"] == expected
-        input_tokens += body["usage"]["prompt_tokens"]
-        output_tokens += body["usage"]["completion_tokens"]
+    for custom_id, line in out.items():
+        assert_echoed(line, by_id[custom_id])
+        input_tokens += line["response"]["body"]["usage"]["prompt_tokens"]
+        output_tokens += line["response"]["body"]["usage"]["completion_tokens"]
     # Usage is summed from results: a result stored twice would show here.
     assert batch.usage.input_tokens == input_tokens
     assert batch.usage.output_tokens == output_tokens
+
+
+def start_batch(
+    make_server: Any, upstream: FakeUpstreamProcess, rows: list[dict[str, Any]], max_concurrency: int
+) -> tuple[ServerProcess, openai.OpenAI, Batch]:
+    """A fresh server, a client on it, and a batch of `rows` submitted to it."""
+    server = make_server(single_model_config(upstream.url, max_concurrency=max_concurrency))
+    client = openai_client(server)
+    return server, client, submit(client, rows)
 
 
 # ---------------------------------------------------------------------------- tests
 def test_kill9_twice_mid_run_then_every_request_exactly_once(upstream: FakeUpstreamProcess, make_server: Any) -> None:
     total = 300
     rows = [chat_line(f"req-{i:03d}", f"crash test {i} @latency:50") for i in range(total)]
-    server = make_server(config(upstream.url, max_concurrency=8))
-    client = openai_client(server)
-    batch = submit(client, rows)
+    server, client, batch = start_batch(make_server, upstream, rows, max_concurrency=8)
 
     committed = 0
     for fraction in (0.2, 0.6):  # two crashes at different points of the run
@@ -119,7 +97,7 @@ def test_kill9_twice_mid_run_then_every_request_exactly_once(upstream: FakeUpstr
         assert after.request_counts.completed >= committed, "results the API had shown were lost in the crash"
         assert after.status in ("in_progress", "finalizing", "completed")
 
-    final = wait_terminal(client, batch.id)
+    final = wait_terminal(client, batch.id, FINISH_TIMEOUT)
     assert_all_succeeded_exactly_once(client, final, rows)
     stats = upstream.stats()
     # The kills cut calls short (they were re-sent after the restart), yet no result repeats above.
@@ -131,9 +109,7 @@ def test_kill9_during_validation_then_restart(upstream: FakeUpstreamProcess, mak
     total = 5000
     pad = "p" * 300
     rows = [chat_line(f"v{i:04d}", f"validate {i} {pad}") for i in range(total)]
-    server = make_server(config(upstream.url, max_concurrency=16))
-    client = openai_client(server)
-    batch = submit(client, rows)
+    server, client, batch = start_batch(make_server, upstream, rows, max_concurrency=16)
 
     # The API cannot show how far validation got, so peek (read-only) at the server's database
     # to time the kill: some request rows written, the batch still validating.
@@ -157,14 +133,12 @@ def test_kill9_during_validation_then_restart(upstream: FakeUpstreamProcess, mak
 
 def test_kill9_right_after_create(upstream: FakeUpstreamProcess, make_server: Any) -> None:
     rows = [chat_line(f"k{i:02d}", f"early {i} @latency:20") for i in range(50)]
-    server = make_server(config(upstream.url, max_concurrency=8))
-    client = openai_client(server)
-    batch = submit(client, rows)
+    server, client, batch = start_batch(make_server, upstream, rows, max_concurrency=8)
     assert batch.status == "validating"
     server.kill()  # before the engine could have made any visible progress
 
     client = restart(server)
-    final = wait_terminal(client, batch.id)
+    final = wait_terminal(client, batch.id, FINISH_TIMEOUT)
     assert_all_succeeded_exactly_once(client, final, rows)
 
 
@@ -172,9 +146,7 @@ def test_kill9_repeatedly_until_done(upstream: FakeUpstreamProcess, make_server:
     """Many crashes in a row, each as soon as a few more results are in: progress still adds up."""
     total = 200
     rows = [chat_line(f"r{i:03d}", f"again {i} @latency:40") for i in range(total)]
-    server = make_server(config(upstream.url, max_concurrency=8))
-    client = openai_client(server)
-    batch = submit(client, rows)
+    server, client, batch = start_batch(make_server, upstream, rows, max_concurrency=8)
     committed = 0
     for _ in range(5):
         before = kill_when(
@@ -188,5 +160,5 @@ def test_kill9_repeatedly_until_done(upstream: FakeUpstreamProcess, make_server:
         client = restart(server)
         if client.batches.retrieve(batch.id).status in TERMINAL:
             break
-    final = wait_terminal(client, batch.id)
+    final = wait_terminal(client, batch.id, FINISH_TIMEOUT)
     assert_all_succeeded_exactly_once(client, final, rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -14,43 +13,31 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import FakeUpstreamProcess, ServerProcess, base_config, openai_client, poll_until
+from tests.e2e.helpers import (
+    API_ENGINE,
+    assert_error,
+    gateway_config,
+    module_server,
+    sdk_error,
+    unexpected_tracebacks,
+)
+from tests.harness import (
+    FakeUpstreamProcess,
+    ServerProcess,
+    openai_client,
+    poll_until,
+    running_server,
+    upstream_model_config,
+)
 
 PURPOSES = ("batch", "assistants", "fine-tune", "vision", "user_data", "evals")
 FILE_KEYS = {"id", "object", "bytes", "created_at", "expires_at", "filename", "purpose", "status"}
 THIRTY_DAYS = 30 * 86400
-ANY = object()
 
 
 # ---------------------------------------------------------------------------- helpers
 def config(upstream_url: str, **limits: int) -> dict[str, Any]:
-    cfg = base_config(upstream_url)
-    cfg["engine"] = {"backoff_base_s": 0.01, "poll_interval_s": 0.1}
-    if limits:
-        cfg["limits"] = dict(limits)
-    return cfg
-
-
-def assert_error(response: Any, status: int, param: Any = ANY, code: Any = ANY) -> dict[str, Any]:
-    """The answer is `status` with exactly the OpenAI error envelope; returns the inner error."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"], err
-    assert isinstance(err["type"], str) and err["type"], err
-    if param is not ANY:
-        assert err["param"] == param, err
-    if code is not ANY:
-        assert err["code"] == code, err
-    return err
-
-
-def sdk_error(call: Callable[[], Any], status: int, param: Any = ANY, code: Any = ANY) -> dict[str, Any]:
-    with pytest.raises(openai.APIStatusError) as info:
-        call()
-    return assert_error(info.value.response, status, param, code)
+    return gateway_config(upstream_model_config(upstream_url), engine=API_ENGINE, **limits)
 
 
 def files_dir(server: ServerProcess) -> Path:
@@ -69,29 +56,7 @@ def listed_ids(client: openai.OpenAI, **params: Any) -> list[str]:
     return [f.id for f in client.files.list(**params).data]
 
 
-@pytest.fixture(scope="module")
-def server(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(config(fake_upstream.url), workdir=tmp_path_factory.mktemp("files-server"))
-    srv.start().wait_ready()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def _log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "server" in request.fixturenames:
-        srv = request.getfixturevalue("server")
-        print(f"\n----- {srv!r} log tail -----\n{srv.log_tail(100)}")
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    with openai_client(server) as c:
-        yield c
+server = module_server("server", config)
 
 
 # ---------------------------------------------------------------------------- upload
@@ -252,20 +217,18 @@ def test_unknown_file_is_404(client: openai.OpenAI, file_id: str) -> None:
 def listing(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[openai.OpenAI, list[str], dict[str, str]]]:
     """A fresh server holding exactly 7 files (4 batch, 3 user_data), ids in creation order."""
-    srv = ServerProcess(config(fake_upstream.url), workdir=tmp_path_factory.mktemp("files-listing"))
-    srv.start().wait_ready()
-    try:
-        with openai_client(srv) as c:
-            ids: list[str] = []
-            purposes: dict[str, str] = {}
-            for i in range(7):
-                purpose = "batch" if i % 2 == 0 else "user_data"
-                f = c.files.create(file=(f"f{i}.jsonl", f"file {i}\n".encode()), purpose=purpose)
-                ids.append(f.id)
-                purposes[f.id] = purpose
-            yield c, ids, purposes
-    finally:
-        srv.stop()
+    with (
+        running_server(config(fake_upstream.url), tmp_path_factory.mktemp("files-listing")) as srv,
+        openai_client(srv) as c,
+    ):
+        ids: list[str] = []
+        purposes: dict[str, str] = {}
+        for i in range(7):
+            purpose = "batch" if i % 2 == 0 else "user_data"
+            f = c.files.create(file=(f"f{i}.jsonl", f"file {i}\n".encode()), purpose=purpose)
+            ids.append(f.id)
+            purposes[f.id] = purpose
+        yield c, ids, purposes
 
 
 def test_list_default_is_newest_first(listing: tuple[openai.OpenAI, list[str], dict[str, str]]) -> None:
@@ -451,14 +414,6 @@ def test_client_disconnect_mid_upload_leaves_no_file(server: ServerProcess, clie
     f = client.files.create(file=("after.jsonl", b"after\n"), purpose="batch")
     assert client.files.content(f.id).content == b"after\n"
     assert dir_entries(server) == before_entries | {f.id}
-
-
-_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", re.MULTILINE)
-
-
-def unexpected_tracebacks(log: str) -> list[str]:
-    """Log records with a traceback: a client hanging up mid-upload must not produce one either."""
-    return [r for r in _LOG_RECORD.split(log) if "Traceback" in r]
 
 
 def test_no_unhandled_errors_in_server_log(server: ServerProcess) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
-from tests.harness import openai_client, poll_until, read_jsonl_bytes
+from tests.e2e.helpers import result_files, submit, wait_terminal
+from tests.harness import openai_client
 
 pytestmark = pytest.mark.smollm2
 
@@ -34,26 +34,17 @@ def test_smollm2_serves_a_batch_with_no_config(make_server: Any) -> None:
         }
         for i, question in enumerate(questions)
     ]
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    file = client.files.create(file=("smoke.jsonl", data), purpose="batch")
-    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    batch = submit(client, rows, filename="smoke.jsonl")
 
     # The first request loads the model (a few seconds on CPU); the rest take milliseconds.
-    batch = poll_until(
-        lambda: (
-            (b := client.batches.retrieve(batch.id)).status in ("completed", "failed", "expired", "cancelled") and b
-        ),
-        120,
-        0.2,
-        message="the smollm2 batch did not finish",
-    )
+    batch = wait_terminal(client, batch.id, timeout=120, interval=0.2)
     assert batch.status == "completed", batch
     assert batch.model == "smollm2"
     assert batch.request_counts.model_dump() == {"total": 3, "completed": 3, "failed": 0}
     assert batch.error_file_id is None
-    out = read_jsonl_bytes(client.files.content(batch.output_file_id).content)
-    assert sorted(line["custom_id"] for line in out) == ["q0", "q1", "q2"]
-    for line in out:
+    out, _ = result_files(client, batch, rows)
+    assert sorted(out) == ["q0", "q1", "q2"]
+    for line in out.values():
         assert line["error"] is None
         assert line["response"]["status_code"] == 200
         body = line["response"]["body"]
@@ -61,4 +52,6 @@ def test_smollm2_serves_a_batch_with_no_config(make_server: Any) -> None:
         content = body["choices"][0]["message"]["content"]
         assert isinstance(content, str) and content.strip()
         assert 0 < body["usage"]["completion_tokens"] <= 16
-    assert batch.usage.output_tokens == sum(line["response"]["body"]["usage"]["completion_tokens"] for line in out)
+    assert batch.usage.output_tokens == sum(
+        line["response"]["body"]["usage"]["completion_tokens"] for line in out.values()
+    )

@@ -3,61 +3,35 @@
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
 from openai.types import Batch
 
-from tests.harness import (
-    FakeUpstreamProcess,
-    ServerProcess,
-    base_config,
-    chat_line,
-    openai_client,
-    poll_until,
-    read_jsonl_bytes,
-    upstream_model_config,
+from tests.e2e.helpers import (
+    API_ENGINE,
+    CHAT,
+    file_lines,
+    gateway_config,
+    jsonl,
+    module_server,
+    submit,
+    unexpected_tracebacks,
+    wait_terminal,
 )
-
-TERMINAL = ("completed", "failed", "expired", "cancelled")
-CHAT = "/v1/chat/completions"
+from tests.harness import FakeUpstreamProcess, ServerProcess, chat_line, openai_client, upstream_model_config
 
 
 # ---------------------------------------------------------------------------- helpers
 def config(upstream_url: str, **limits: int) -> dict[str, Any]:
-    cfg = base_config(upstream_url)
-    cfg["models"].append(upstream_model_config(upstream_url, name="other-model"))
-    cfg["engine"] = {"backoff_base_s": 0.01, "poll_interval_s": 0.1}
-    if limits:
-        cfg["limits"] = dict(limits)
-    return cfg
-
-
-def jsonl(*rows: Any, newline: str = "\n") -> bytes:
-    """Rows as JSON Lines; a `bytes` row is written as is (a broken line)."""
-    out = b""
-    for row in rows:
-        out += (row if isinstance(row, bytes) else json.dumps(row).encode()) + newline.encode()
-    return out
-
-
-def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 20.0) -> Batch:
-    last: list[Batch] = []
-
-    def done() -> Batch | None:
-        b = client.batches.retrieve(batch_id)
-        last[:] = [b]
-        return b if b.status in TERMINAL else None
-
-    return poll_until(done, timeout=timeout, message=lambda: f"batch {batch_id} not finished: {last[:1]}")
+    return gateway_config(upstream_model_config(upstream_url), upstream_model_config(upstream_url, name="other-model"),
+                          engine=API_ENGINE, **limits)
 
 
 def run(client: openai.OpenAI, content: bytes, endpoint: str = CHAT) -> Batch:
-    f = client.files.create(file=("input.jsonl", content), purpose="batch")
-    batch = client.batches.create(input_file_id=f.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
+    batch = submit(client, content, endpoint)
     assert batch.status == "validating"
     return wait_terminal(client, batch.id)
 
@@ -92,29 +66,7 @@ def fails_with(client: openai.OpenAI, content: bytes, expected: list[tuple[str, 
     return data
 
 
-@pytest.fixture(scope="module")
-def server(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(config(fake_upstream.url), workdir=tmp_path_factory.mktemp("validation-server"))
-    srv.start().wait_ready()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def _log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "server" in request.fixturenames:
-        srv = request.getfixturevalue("server")
-        print(f"\n----- {srv!r} log tail -----\n{srv.log_tail(100)}")
-
-
-@pytest.fixture
-def client(server: ServerProcess, upstream: FakeUpstreamProcess) -> Iterator[openai.OpenAI]:
-    with openai_client(server) as c:
-        yield c
+server = module_server("server", config)
 
 
 def good(n: int) -> dict[str, Any]:
@@ -306,13 +258,13 @@ def test_file_too_large(make_server: Callable[..., ServerProcess], upstream: Fak
 # ---------------------------------------------------------------------------- what is valid
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_line_endings_are_accepted(client: openai.OpenAI, newline: str) -> None:
-    content = jsonl(good(1), good(2), good(3), newline=newline)
+    content = jsonl(good(1), good(2), good(3), sep=newline)
     done = run(client, content)
     assert done.status == "completed", done
     assert done.request_counts is not None
     assert done.request_counts.model_dump() == {"total": 3, "completed": 3, "failed": 0}
     assert done.output_file_id is not None
-    rows = read_jsonl_bytes(client.files.content(done.output_file_id).content)
+    rows = file_lines(client, done.output_file_id)
     assert sorted(r["custom_id"] for r in rows) == ["req-1", "req-2", "req-3"]
     for row in rows:
         assert row["response"]["body"]["choices"][0]["message"]["content"] == "echo: hello " + row["custom_id"][4:]
@@ -332,9 +284,5 @@ def test_other_endpoint_lines_validate_against_their_endpoint(client: openai.Ope
     fails_with(client, jsonl(row), [("invalid_url", 1, "url")], endpoint=CHAT)
 
 
-_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", re.MULTILINE)
-
-
 def test_no_unhandled_errors_in_server_log(server: ServerProcess) -> None:
-    records = _LOG_RECORD.split(server.log_text())
-    assert [r for r in records if "Traceback" in r] == []
+    assert unexpected_tracebacks(server.log_text()) == []

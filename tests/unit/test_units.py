@@ -63,27 +63,17 @@ def test_retry_after_longer_than_the_cap_waits_the_cap() -> None:
     assert all(backoff_s(1, 0.01, 5.0, 3600.0) == 5.0 for _ in range(20))
 
 
+RETRYABLE_STATUSES = (429, 408, 409, 425, 500, 502, 503, 504, 529, 599)
+FINAL_STATUSES = (400, 401, 403, 404, 413, 422)
+
+
 @pytest.mark.parametrize(
     ("reply", "retryable"),
     [
-        (UpstreamReply(429), True),
-        (UpstreamReply(408), True),
-        (UpstreamReply(409), True),
-        (UpstreamReply(425), True),
-        (UpstreamReply(500), True),
-        (UpstreamReply(502), True),
-        (UpstreamReply(503), True),
-        (UpstreamReply(504), True),
-        (UpstreamReply(529), True),
-        (UpstreamReply(599), True),
+        *[(UpstreamReply(status), True) for status in RETRYABLE_STATUSES],
         (UpstreamReply(None, error_code="request_timeout", error_message="slow"), True),
         (UpstreamReply(None, error_code="upstream_unreachable", error_message="reset"), True),
-        (UpstreamReply(400), False),
-        (UpstreamReply(401), False),
-        (UpstreamReply(403), False),
-        (UpstreamReply(404), False),
-        (UpstreamReply(413), False),
-        (UpstreamReply(422), False),
+        *[(UpstreamReply(status), False) for status in FINAL_STATUSES],
     ],
     ids=lambda v: str(v.status_code or v.error_code) if isinstance(v, UpstreamReply) else str(v),
 )
@@ -94,41 +84,52 @@ def test_is_retryable_table(reply: UpstreamReply, retryable: bool) -> None:
 # ----------------------------------------------------------------------------- engine/usage.py
 
 
-def test_usage_of_a_chat_completion() -> None:
-    body = {
-        "object": "chat.completion",
-        "usage": {
-            "prompt_tokens": 120,
-            "completion_tokens": 30,
-            "total_tokens": 150,
-            "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 12},
-        },
-    }
-    assert extract_usage(body) == (120, 64, 30, 12)
-
-
-def test_usage_of_a_chat_completion_without_details() -> None:
-    assert extract_usage({"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}) == (5, 0, 7, 0)
-
-
-def test_usage_of_a_responses_api_answer() -> None:
-    body = {
-        "object": "response",
-        "usage": {
-            "input_tokens": 40,
-            "input_tokens_details": {"cached_tokens": 8},
-            "output_tokens": 22,
-            "output_tokens_details": {"reasoning_tokens": 3},
-            "total_tokens": 62,
-        },
-    }
-    assert extract_usage(body) == (40, 8, 22, 3)
-
-
-def test_usage_of_an_embeddings_answer() -> None:
-    body = {"object": "list", "data": [], "usage": {"prompt_tokens": 9, "total_tokens": 9}}
-    assert extract_usage(body) == (9, 0, 0, 0)
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(
+            {
+                "object": "chat.completion",
+                "usage": {
+                    "prompt_tokens": 120,
+                    "completion_tokens": 30,
+                    "total_tokens": 150,
+                    "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": 0},
+                    "completion_tokens_details": {"reasoning_tokens": 12},
+                },
+            },
+            (120, 64, 30, 12),
+            id="chat_completion",
+        ),
+        pytest.param(
+            {"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}},
+            (5, 0, 7, 0),
+            id="chat_completion_without_details",
+        ),
+        pytest.param(
+            {
+                "object": "response",
+                "usage": {
+                    "input_tokens": 40,
+                    "input_tokens_details": {"cached_tokens": 8},
+                    "output_tokens": 22,
+                    "output_tokens_details": {"reasoning_tokens": 3},
+                    "total_tokens": 62,
+                },
+            },
+            (40, 8, 22, 3),
+            id="responses_api_answer",
+        ),
+        pytest.param(
+            {"object": "list", "data": [], "usage": {"prompt_tokens": 9, "total_tokens": 9}},
+            (9, 0, 0, 0),
+            id="embeddings_answer",
+        ),
+    ],
+)
+def test_usage_of_each_answer_shape(body: dict[str, Any], expected: tuple[int, int, int, int]) -> None:
+    """(input, cached input, output, reasoning) tokens, from the chat, responses and embeddings usage shapes."""
+    assert extract_usage(body) == expected
 
 
 @pytest.mark.parametrize(
