@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from batchgate.api import batches, files, ops
+from batchgate.api import batches, files, ops, truefoundry, xai
 from batchgate.api.responses import JSON
 from batchgate.config import Settings
 from batchgate.errors import APIError
@@ -53,7 +53,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSON:
 
 
 def openai_routes() -> list:
-    return [*files.routes(), *batches.routes(), *ops.model_routes()]
+    """The OpenAI Files + Batches surface, plus TrueFoundry's /output route: one set, mounted per dialect."""
+    return [*files.routes(), *batches.routes(), *truefoundry.routes(), *ops.model_routes()]
 
 
 def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
@@ -64,7 +65,14 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
             yield
 
     return Starlette(
-        routes=[*ops.routes(), Mount("/v1", routes=openai_routes())],
+        routes=[
+            *ops.routes(),
+            Mount("/v1", routes=openai_routes()),
+            # TrueFoundry's gateway paths; the longer prefix first, as Mount matches by prefix.
+            Mount("/api/llm/api/inference/openai", routes=openai_routes()),
+            Mount("/api/llm", routes=openai_routes()),
+            Mount("/xai/v1", routes=xai.routes()),
+        ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
                             Exception: _unexpected},
         lifespan=lifespan,

@@ -52,6 +52,8 @@ class LimitsConfig(_Strict):
     max_requests_per_batch: int = Field(default=50_000, gt=0)
     max_upload_bytes: int = Field(default=536_870_912, gt=0)  # any upload (OpenAI's 512 MB)
     max_line_bytes: int = Field(default=26_214_400, gt=0)  # one JSONL request line
+    max_add_bytes: int = Field(default=26_214_400, gt=0)  # one xAI add-requests call
+    max_add_requests: int = Field(default=1000, gt=0)  # items in one xAI add-requests call
 
 
 class PriceConfig(_Strict):

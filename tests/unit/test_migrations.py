@@ -28,4 +28,4 @@ def test_upgrading_twice_changes_nothing(tmp_path: Path) -> None:
         with engine.begin() as conn:
             command.upgrade(alembic_config(conn), "head")
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0001"]
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0002"]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.routing import Route
 
+from batchgate.api import truefoundry
 from batchgate.api.auth import Principal, authenticate
 from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
 from batchgate.api.serialize import batch_object, page
-from batchgate.batch_params import new_batch_row, parse_batch_params
+from batchgate.batch_params import new_batch_row, parse_batch_params, parse_metadata
 from batchgate.errors import Conflict, InvalidRequest, NotFound
 from batchgate.gateway import Gateway
 from batchgate.store.queries import TERMINAL_STATUSES, Row
@@ -19,9 +21,13 @@ from batchgate.store.queries import TERMINAL_STATUSES, Row
 CANCELLABLE = ("validating", "in_progress")
 
 
-async def create_batch_row(gateway: Gateway, principal: Principal, data: dict) -> Row:
+async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *,
+                           header_metadata: dict[str, str] | None = None, job_name: str | None = None,
+                           pinned_deployment: str | None = None) -> Row:
     """Validate the create parameters and store a new `validating` batch (the engine takes it from there)."""
     params = parse_batch_params(data)
+    if header_metadata:  # TrueFoundry's x-tfy-metadata: header keys win, the key limit applies after
+        params = replace(params, metadata=parse_metadata({**(params.metadata or {}), **header_metadata}))
     file = await gateway.store.get_file(params.input_file_id, int(time.time()), team_id=principal.team_id)
     if file is None:
         raise NotFound(f"no such file: {params.input_file_id!r}", param="input_file_id", code="file_not_found")
@@ -29,6 +35,7 @@ async def create_batch_row(gateway: Gateway, principal: Principal, data: dict) -
         raise InvalidRequest(f"file {file['id']} has purpose {file['purpose']!r}; a batch input needs 'batch'",
                              param="input_file_id", code="invalid_file_purpose")
     row = new_batch_row(params, team_id=principal.team_id, now=int(time.time()))
+    row.update(job_name=job_name, pinned_deployment=pinned_deployment or file["provider_name"])
     await gateway.store.insert_batch(row)
     gateway.notify()
     stored = await gateway.store.get_batch(row["id"])
@@ -38,7 +45,11 @@ async def create_batch_row(gateway: Gateway, principal: Principal, data: dict) -
 
 async def create_batch(request: Request) -> JSON:
     principal = authenticate(request)
-    row = await create_batch_row(request.app.state.gateway, principal, await json_object(request))
+    gateway: Gateway = request.app.state.gateway
+    data = await json_object(request)
+    row = await create_batch_row(gateway, principal, data, header_metadata=truefoundry.header_metadata(request),
+                                 job_name=truefoundry.job_name(data),
+                                 pinned_deployment=truefoundry.provider_name(request, gateway))
     return JSON(batch_object(row))
 
 
@@ -64,10 +75,8 @@ async def retrieve_batch(request: Request) -> JSON:
     return JSON(batch_object(await visible_batch(request, authenticate(request))))
 
 
-async def cancel_batch(request: Request) -> JSON:
-    principal = authenticate(request)
-    gateway: Gateway = request.app.state.gateway
-    row = await visible_batch(request, principal)
+async def request_cancel(gateway: Gateway, row: Row) -> Row:
+    """Move a batch to `cancelling` (the engine finishes the job); 409 once it has ended."""
     if row["status"] in TERMINAL_STATUSES or row["status"] == "finalizing":
         raise Conflict(f"batch {row['id']} is {row['status']} and can no longer be cancelled", param="batch_id",
                        code="batch_not_cancellable")
@@ -79,7 +88,13 @@ async def cancel_batch(request: Request) -> JSON:
         gateway.notify()
     fresh = await gateway.store.get_batch(row["id"])
     assert fresh is not None
-    return JSON(batch_object(fresh))
+    return fresh
+
+
+async def cancel_batch(request: Request) -> JSON:
+    principal = authenticate(request)
+    row = await visible_batch(request, principal)
+    return JSON(batch_object(await request_cancel(request.app.state.gateway, row)))
 
 
 def routes() -> list[Route]:

@@ -10,6 +10,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from batchgate import ids
+from batchgate.api import truefoundry
 from batchgate.api.auth import authenticate
 from batchgate.api.multipart import read_multipart
 from batchgate.api.params import choice_param, int_param
@@ -50,6 +51,7 @@ def _expiry_seconds(fields: dict[str, str], purpose: str) -> int | None:
 async def upload_file(request: Request) -> JSON:
     principal = authenticate(request)
     gateway: Gateway = request.app.state.gateway
+    pinned = truefoundry.provider_name(request, gateway)  # checked before a byte is stored
     file_id = ids.file_id()
     upload = await read_multipart(request, "file", lambda: gateway.blobs.writer(file_id),
                                   gateway.settings.limits.max_upload_bytes)
@@ -75,7 +77,7 @@ async def upload_file(request: Request) -> JSON:
         "id": file_id, "team_id": principal.team_id, "filename": safe_filename(upload.filename), "purpose": purpose,
         "bytes": writer.size, "sha256": sha, "created_at": now,
         "expires_at": now + expires_s if expires_s else None,
-        "provider_name": request.headers.get("x-tfy-provider-name"),
+        "provider_name": pinned,
     }
     try:
         await gateway.store.insert_file(row)

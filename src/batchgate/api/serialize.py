@@ -36,6 +36,8 @@ def batch_object(row: Row) -> dict[str, Any]:
         "total_tokens": input_tokens + output_tokens,
     }
     obj["metadata"] = orjson.loads(row["metadata"]) if row["metadata"] else None
+    if row["job_name"] is not None:  # TrueFoundry's job name, kept and returned
+        obj["job_name"] = row["job_name"]
     return obj
 
 

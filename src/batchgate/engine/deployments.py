@@ -45,12 +45,20 @@ class ModelPool:
     def free_slots(self) -> int:
         return sum(d.free for d in self.deployments)
 
-    def pick(self) -> Deployment | None:
-        """The deployment with a free slot and the fewest requests in flight per unit of weight."""
-        candidates = [d for d in self.deployments if d.free > 0]
+    def pick(self, only: str | None = None) -> Deployment | None:
+        """The deployment with a free slot and the fewest requests in flight per unit of weight.
+
+        `only` pins the choice to one deployment by name (TrueFoundry's x-tfy-provider-name).
+        """
+        candidates = [d for d in self.deployments if d.free > 0 and (only is None or d.name == only)]
         if not candidates:
             return None
         return min(candidates, key=lambda d: (d.in_flight + 1) / d.config.weight)
+
+
+def deployment_names(settings: Settings) -> dict[str, str]:
+    """Every deployment's name and the model it serves."""
+    return {d.name: m.name for m in settings.models for d in m.deployments if d.name}
 
 
 def build_pools(settings: Settings) -> dict[str, ModelPool]:

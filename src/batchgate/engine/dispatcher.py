@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from batchgate.aio import wait_for_event
+from batchgate.batch_params import SERVED_ENDPOINTS
 from batchgate.blobs import BlobStore
 from batchgate.config import EngineConfig
 from batchgate.engine import metrics
@@ -40,8 +41,9 @@ class ActiveBatch:
     id: str
     model: str
     endpoint: str
-    input_file_id: str
+    input_file_id: str | None
     expires_at: int
+    pinned_deployment: str | None = None
 
 
 @dataclass(slots=True)
@@ -141,8 +143,7 @@ class Dispatcher:
             if want <= 0:
                 continue
             for batch, claimed in await self._claim_fairly(model, batches, want):
-                lines = await self._blobs.read_ranges(batch.input_file_id, [(c.offset, c.length) for c in claimed])
-                ready.extend(_Ready(batch, request, line) for request, line in zip(claimed, lines, strict=True))
+                ready.extend(_Ready(batch, request, line) for request, line in await self._read_bodies(batch, claimed))
             self._start_ready(pool, ready)
 
     async def _claim_fairly(self, model: str, batches: list[ActiveBatch], free: int
@@ -171,18 +172,35 @@ class Dispatcher:
             hungry = still_hungry
         return out
 
+    async def _read_bodies(self, batch: ActiveBatch, claimed: list[ClaimedRequest]
+                           ) -> list[tuple[ClaimedRequest, bytes]]:
+        """Each request's input line, read by byte range: one read per blob (input file or added segment)."""
+        by_blob: dict[str, list[ClaimedRequest]] = defaultdict(list)
+        for request in claimed:
+            by_blob[request.blob_key or batch.input_file_id or ""].append(request)
+        out: list[tuple[ClaimedRequest, bytes]] = []
+        for blob, group in by_blob.items():
+            lines = await self._blobs.read_ranges(blob, [(c.offset, c.length) for c in group])
+            out.extend(zip(group, lines, strict=True))
+        return out
+
     def _start_ready(self, pool: ModelPool, ready: deque[_Ready]) -> None:
         """Start prefetched requests on free slots: no database round trip between two requests."""
+        waiting: list[_Ready] = []  # pinned to a deployment that is busy; others may pass them
         while ready:
-            deployment = pool.pick()
-            if deployment is None:
-                return
             item = ready.popleft()
+            deployment = pool.pick(item.batch.pinned_deployment)
+            if deployment is None:
+                waiting.append(item)
+                if item.batch.pinned_deployment is None or pool.free_slots() == 0:
+                    break
+                continue
             deployment.in_flight += 1
             task = asyncio.create_task(self._execute(item.batch, item.request, item.line, deployment))
             self._tasks[item.batch.id].add(task)
             task.add_done_callback(lambda t, b=item.batch, d=deployment, p=pool: self._done(b, d, p, t))
             metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).inc()
+        ready.extendleft(reversed(waiting))
 
     def _done(self, batch: ActiveBatch, deployment: Deployment, pool: ModelPool, task: asyncio.Task[None]) -> None:
         deployment.in_flight -= 1
@@ -199,7 +217,10 @@ class Dispatcher:
     async def _execute(self, batch: ActiveBatch, request: ClaimedRequest, line: bytes,
                        deployment: Deployment) -> None:
         try:
-            body = orjson.loads(line)["body"]
+            parsed = orjson.loads(line)
+            body, endpoint = parsed["body"], parsed.get("url")
+            if endpoint not in SERVED_ENDPOINTS:  # only config decides where a request may go
+                endpoint = batch.endpoint
         except (orjson.JSONDecodeError, KeyError, TypeError):
             self._finish(batch, request, UpstreamReply(None, error_code="invalid_request",
                                                        error_message="the input line could not be read"))
@@ -208,7 +229,7 @@ class Dispatcher:
         attempt = 0
         while True:
             attempt += 1
-            reply = await deployment.upstream.send(batch.endpoint, body, config.timeout_s)
+            reply = await deployment.upstream.send(endpoint, body, config.timeout_s)
             metrics.UPSTREAM_REPLIES.labels(deployment.name, str(reply.status_code or reply.error_code)).inc()
             if reply.answered and 200 <= (reply.status_code or 0) < 300:
                 break

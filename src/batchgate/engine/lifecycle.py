@@ -18,6 +18,7 @@ from batchgate.aio import wait_for_event
 from batchgate.blobs import BlobStore
 from batchgate.config import Settings
 from batchgate.engine import metrics
+from batchgate.engine.deployments import deployment_names
 from batchgate.engine.dispatcher import ActiveBatch, Dispatcher
 from batchgate.engine.finalize import write_result_files
 from batchgate.engine.validate import validate_input
@@ -44,6 +45,7 @@ class Lifecycle:
         self._stopping = False
         self._last_housekeeping = 0.0
         self._on_batch_done = on_batch_done
+        self._deployment_models = deployment_names(settings)
 
     def wake(self) -> None:
         self._wake.set()
@@ -74,11 +76,12 @@ class Lifecycle:
                 if now >= batch["expires_at"]:
                     await self._stop_early(batch, "in_progress", "expired", "batch_expired",
                                            "the batch's completion window ended before this request ran")
-                elif batch["completed"] + batch["failed"] >= batch["total"]:
-                    await self._complete(batch)
-                else:
+                elif batch["sealed"] and batch["completed"] + batch["failed"] >= batch["total"]:
+                    await self._complete(batch)  # an open (xAI) batch runs until cancelled or expired
+                elif batch["total"] > batch["completed"] + batch["failed"]:
                     active.append(ActiveBatch(batch["id"], batch["model_override"] or batch["model"],
-                                              batch["endpoint"], batch["input_file_id"], batch["expires_at"]))
+                                              batch["endpoint"], batch["input_file_id"], batch["expires_at"],
+                                              batch["pinned_deployment"]))
             elif status == "finalizing":
                 await self._complete(batch)
             elif status == "cancelling":
@@ -105,8 +108,8 @@ class Lifecycle:
         await self._store.delete_requests(batch_id)  # a validation cut short by a crash starts over
         file = await self._store.get_file(batch["input_file_id"], int(time.time()))
         if file is None:
-            await self._fail(batch_id, [{"code": "missing_required_parameter", "param": "input_file_id",
-                                         "line": None, "message": "the input file no longer exists"}], 1)
+            await self._fail(batch, [{"code": "missing_required_parameter", "param": "input_file_id",
+                                      "line": None, "message": "the input file no longer exists"}], 1)
             return
 
         async def write_rows(rows: list[dict[str, Any]]) -> None:
@@ -125,19 +128,33 @@ class Lifecycle:
         )
         if report is None:
             return
+        pinned = batch["pinned_deployment"]
+        if report.ok and pinned and self._deployment_models.get(pinned) != report.model:
+            report.add("model_not_found", f"deployment {pinned!r} (x-tfy-provider-name) does not serve model "
+                       f"{report.model!r}", None, "body.model")
         if not report.ok:
             await self._store.delete_requests(batch_id)
-            await self._fail(batch_id, report.errors, report.error_count)
+            await self._fail(batch, report.errors, report.error_count)
             return
         assert report.model is not None
         if await self._store.start_batch(batch_id, model=report.model, total=report.total, now=int(time.time())):
             log.info("batch %s validated: %d requests for %s", batch_id, report.total, report.model)
 
-    async def _fail(self, batch_id: str, errors: list[dict[str, Any]], count: int) -> None:
+    async def _fail(self, batch: Row, errors: list[dict[str, Any]], count: int) -> None:
+        """A bad input file: OpenAI's view says `failed`; xAI cancels the batch and says why."""
         body = orjson.dumps({"object": "list", "data": errors, "total": count}).decode()
-        if await self._store.transition(batch_id, ["validating"], "failed", errors=body, failed_at=int(time.time())):
+        now = int(time.time())
+        if batch["dialect"] == "xai":
+            first = errors[0]
+            where = f"line {first['line']}: " if first.get("line") else ""
+            moved = await self._store.transition(
+                batch["id"], ["validating"], "cancelled", errors=body, cancelled_at=now,
+                cancel_message=f"invalid input file: {where}{first['code']}: {first['message']}")
+        else:
+            moved = await self._store.transition(batch["id"], ["validating"], "failed", errors=body, failed_at=now)
+        if moved:
             metrics.BATCHES_FINISHED.labels("failed").inc()
-            self._done(batch_id)
+            self._done(batch["id"])
 
     # ------------------------------------------------------------------ ending a batch
     async def _complete(self, batch: Row) -> None:

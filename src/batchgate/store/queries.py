@@ -29,6 +29,34 @@ class ClaimedRequest:
     offset: int
     length: int
     attempts: int
+    blob_key: str | None  # None: the batch's input file
+
+
+class BatchClosed(Exception):
+    """Requests cannot be added: the batch is sealed, finished, cancelled or expired."""
+
+    def __init__(self, status: str, sealed: bool) -> None:
+        super().__init__(status)
+        self.status = status
+        self.sealed = sealed
+
+
+class DuplicateRequestIds(Exception):
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
+class MismatchedModel(Exception):
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.model = model
+
+
+class BatchFull(Exception):
+    def __init__(self, total: int) -> None:
+        super().__init__(str(total))
+        self.total = total
 
 
 @dataclass(slots=True)
@@ -175,12 +203,12 @@ class Store:
             " WHERE batch_id = :batch_id AND line_no IN ("
             "  SELECT line_no FROM requests WHERE batch_id = :batch_id AND state = 'pending'"
             f"  AND next_attempt_at <= :now ORDER BY line_no LIMIT :limit{lock})"
-            " RETURNING line_no, custom_id, \"offset\", length, attempts"
+            " RETURNING line_no, custom_id, \"offset\", length, attempts, blob_key"
         )
         params = {"owner": owner, "lease_until": lease_until, "batch_id": batch_id, "now": now, "limit": limit}
         async with self.engine.begin() as conn:
             rows = (await conn.execute(statement, params)).all()
-        return [ClaimedRequest(batch_id, r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [ClaimedRequest(batch_id, r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def extend_leases(self, owner: str, lease_until: float) -> None:
         statement = (
@@ -261,7 +289,8 @@ class Store:
                     .values([
                         {"batch_id": batch_id, "line_no": line_no, "custom_id": custom_id, "ok": False,
                          "status_code": None, "upstream_request_id": None, "body": None,
-                         "error_code": error_code, "error_message": message, "finished_at": now}
+                         "error_code": error_code, "error_message": message, "finished_at": now,
+                         "input_tokens": 0, "output_tokens": 0}
                         for line_no, custom_id in chunk
                     ])
                     .returning(results.c.line_no)
@@ -272,8 +301,10 @@ class Store:
                 .values(state="done", lease_owner=None, lease_until=None)
             )
             if count:
+                cancelled = count if error_code == "batch_cancelled" else 0
                 await conn.execute(
-                    update(batches).where(batches.c.id == batch_id).values(failed=batches.c.failed + count)
+                    update(batches).where(batches.c.id == batch_id)
+                    .values(failed=batches.c.failed + count, cancelled=batches.c.cancelled + cancelled)
                 )
         return count
 
@@ -286,10 +317,77 @@ class Store:
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).mappings())
 
-    async def purge_batch_rows(self, batch_id: str) -> None:
-        """Drop the per-request rows of a finished batch: its files now hold everything."""
+    async def results_after_seq(self, batch_id: str, after_seq: int, limit: int, ok: bool | None = None
+                                ) -> list[Row]:
+        """Results in the order they were stored: a cursor on `seq` never skips or repeats one."""
+        query = (
+            select(results, requests.c.endpoint)
+            .join(requests, and_(requests.c.batch_id == results.c.batch_id, requests.c.line_no == results.c.line_no),
+                  isouter=True)
+            .where(results.c.batch_id == batch_id, results.c.seq > after_seq)
+        )
+        if ok is not None:
+            query = query.where(results.c.ok == ok)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query.order_by(results.c.seq).limit(limit))).mappings())
+
+    async def request_page(self, batch_id: str, after_line: int, limit: int) -> list[Row]:
+        """Requests in the order they were added, each with its result's outcome if it has one."""
+        query = (
+            select(requests.c.line_no, requests.c.custom_id, requests.c.state, requests.c.endpoint,
+                   requests.c.created_at, results.c.ok, results.c.error_code, results.c.finished_at)
+            .join(results, and_(results.c.batch_id == requests.c.batch_id, results.c.line_no == requests.c.line_no),
+                  isouter=True)
+            .where(requests.c.batch_id == batch_id, requests.c.line_no > after_line)
+            .order_by(requests.c.line_no).limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).mappings())
+
+    async def usage_by_endpoint(self, batch_id: str) -> list[Row]:
+        """Requests answered and tokens used per endpoint (null endpoint: the batch's own)."""
+        query = (
+            select(requests.c.endpoint, func.count().label("requests"),
+                   func.coalesce(func.sum(results.c.input_tokens), 0).label("input_tokens"),
+                   func.coalesce(func.sum(results.c.output_tokens), 0).label("output_tokens"))
+            .select_from(results.join(requests, and_(requests.c.batch_id == results.c.batch_id,
+                                                     requests.c.line_no == results.c.line_no)))
+            .where(results.c.batch_id == batch_id, results.c.status_code.is_not(None))
+            .group_by(requests.c.endpoint)
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).mappings())
+
+    async def append_requests(self, batch_id: str, rows: list[dict[str, Any]], model: str, max_total: int) -> int:
+        """Add requests to an open batch, all or nothing; returns the new total.
+
+        Line numbers continue from the batch's total, taken under the batch row's lock, so
+        concurrent add-calls never collide.
+        """
+        lock = self.dialect == "postgresql"
         async with self.engine.begin() as conn:
-            await conn.execute(delete(requests).where(requests.c.batch_id == batch_id))
+            query = select(batches.c.status, batches.c.sealed, batches.c.total, batches.c.model).where(
+                batches.c.id == batch_id)
+            batch = (await conn.execute(query.with_for_update() if lock else query)).first()
+            if batch is None or batch.sealed or batch.status != "in_progress":
+                raise BatchClosed(batch.status if batch else "missing", bool(batch and batch.sealed))
+            if batch.model is not None and batch.model != model:
+                raise MismatchedModel(batch.model)
+            if batch.total + len(rows) > max_total:
+                raise BatchFull(batch.total)
+            ids = [r["custom_id"] for r in rows]
+            taken: list[str] = []
+            for chunk in _chunks(ids, 500):
+                taken += (await conn.execute(select(requests.c.custom_id).where(
+                    requests.c.batch_id == batch_id, requests.c.custom_id.in_(chunk)))).scalars().all()
+            if taken:
+                raise DuplicateRequestIds(taken)
+            numbered = [{**row, "batch_id": batch_id, "line_no": batch.total + i + 1} for i, row in enumerate(rows)]
+            await conn.execute(insert(requests), numbered)
+            total = batch.total + len(rows)
+            await conn.execute(update(batches).where(batches.c.id == batch_id).values(total=total, model=model))
+        return total
+
 
 
 def _insert_ignore(dialect: str, table: Any) -> Any:
@@ -303,6 +401,7 @@ def _result_row(f: FinishedRequest) -> dict[str, Any]:
         "batch_id": f.batch_id, "line_no": f.line_no, "custom_id": f.custom_id, "ok": f.ok,
         "status_code": f.status_code, "upstream_request_id": f.upstream_request_id, "body": f.body,
         "error_code": f.error_code, "error_message": f.error_message, "finished_at": f.finished_at,
+        "input_tokens": f.input_tokens, "output_tokens": f.output_tokens,
     }
 
 

@@ -14,6 +14,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import (
+    true as sa_true,
+)
 
 metadata = MetaData()
 
@@ -41,7 +44,7 @@ batches = Table(
     Column("endpoint", String(64), nullable=False),
     Column("model", String(256), nullable=True),
     Column("model_override", String(256), nullable=True),
-    Column("input_file_id", String(64), nullable=False),
+    Column("input_file_id", String(64), nullable=True),  # null: an open xAI batch fed by add-calls
     Column("completion_window", String(16), nullable=False),
     Column("status", String(16), nullable=False),
     Column("output_file_id", String(64), nullable=True),
@@ -66,6 +69,15 @@ batches = Table(
     Column("cached_tokens", BigInteger, nullable=False, default=0),
     Column("output_tokens", BigInteger, nullable=False, default=0),
     Column("reasoning_tokens", BigInteger, nullable=False, default=0),
+    Column("cancelled", Integer, nullable=False, default=0, server_default="0"),  # of `failed`: batch_cancelled
+    # dialects: the same batch seen through the OpenAI, TrueFoundry or xAI API
+    Column("dialect", String(16), nullable=False, default="openai", server_default="openai"),
+    Column("name", String(256), nullable=True),  # xAI
+    Column("job_name", String(256), nullable=True),  # TrueFoundry
+    Column("sealed", Boolean, nullable=False, default=True, server_default=sa_true()),  # False: xAI, open to adds
+    Column("pinned_deployment", String(256), nullable=True),  # TrueFoundry x-tfy-provider-name
+    Column("cancel_message", Text, nullable=True),  # xAI cancel_by_xai_message
+    Column("create_api_key_id", String(64), nullable=True),
     Index("ix_batches_status", "status"),
 )
 
@@ -83,7 +95,11 @@ requests = Table(
     Column("next_attempt_at", Float, nullable=False, default=0),
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", Float, nullable=True),
+    Column("blob_key", String(64), nullable=True),  # where the body lives; null: the batch's input file
+    Column("endpoint", String(64), nullable=True),  # null: the batch's endpoint
+    Column("created_at", Float, nullable=True),  # null: the batch's created_at
     PrimaryKeyConstraint("batch_id", "line_no"),
+    Index("uq_requests_batch_custom", "batch_id", "custom_id", unique=True),
     Index("ix_requests_claim", "batch_id", "state", "line_no"),
     Index("ix_requests_lease", "state", "lease_until"),
 )
@@ -105,6 +121,8 @@ results = Table(
     Column("error_code", String(64), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("finished_at", Float, nullable=False),
+    Column("input_tokens", Integer, nullable=False, default=0, server_default="0"),
+    Column("output_tokens", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("batch_id", "line_no", name="uq_results_batch_line"),
     sqlite_autoincrement=True,
 )

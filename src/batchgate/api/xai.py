@@ -1,0 +1,302 @@
+"""xAI Batch dialect under `/xai/v1`: open batches fed request by request, results read while running.
+
+The same engine runs these batches as any other: an open batch is an `in_progress` batch whose
+requests live in segment blobs (one per add-call) instead of one input file, and that runs until
+it is cancelled or its expire_time passes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.routing import Route
+
+from batchgate import ids
+from batchgate.api.auth import authenticate
+from batchgate.api.batches import request_cancel, visible_batch
+from batchgate.api.params import int_param, json_object
+from batchgate.api.responses import JSON
+from batchgate.batch_params import SERVED_ENDPOINTS
+from batchgate.config import Settings
+from batchgate.errors import APIError, Conflict, InvalidRequest, NotFound
+from batchgate.gateway import Gateway
+from batchgate.store.queries import BatchClosed, BatchFull, DuplicateRequestIds, MismatchedModel, Row
+from batchgate.xai_requests import ENDPOINT_KINDS, parse_add_requests
+
+OPEN_BATCH_WINDOW_S = 24 * 3600
+TICKS_PER_USD = 10**10
+MAX_NAME = 256
+
+
+# ------------------------------------------------------------------ shapes
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def cost_ticks(settings: Settings, model: str | None, input_tokens: int, output_tokens: int) -> int:
+    """Cost in 1e-10 USD from the model's configured price per million tokens."""
+    config = settings.model(model) if model else None
+    if config is None:
+        return 0
+    usd = (input_tokens * config.price.input_per_mtok + output_tokens * config.price.output_per_mtok) / 1e6
+    return round(usd * TICKS_PER_USD)
+
+
+async def xai_batch(gateway: Gateway, row: Row) -> dict[str, Any]:
+    endpoint_costs = []
+    total_ticks = 0
+    for usage in await gateway.store.usage_by_endpoint(row["id"]):
+        ticks = cost_ticks(gateway.settings, row["model"], usage["input_tokens"], usage["output_tokens"])
+        total_ticks += ticks
+        endpoint_costs.append({"endpoint": usage["endpoint"] or row["endpoint"], "cost_usd_ticks": ticks,
+                               "request_count": usage["requests"]})
+    finished = row["completed"] + row["failed"]
+    return {
+        "batch_id": row["id"], "name": row["name"], "input_file_id": row["input_file_id"],
+        "create_time": rfc3339(row["created_at"]), "create_api_key_id": row["create_api_key_id"],
+        "expire_time": rfc3339(row["expires_at"]), "cancel_time": rfc3339(row["cancelled_at"]),
+        "cancel_by_xai_message": row["cancel_message"],
+        "state": {"num_requests": row["total"], "num_pending": max(0, row["total"] - finished),
+                  "num_success": row["completed"], "num_error": row["failed"] - row["cancelled"],
+                  "num_cancelled": row["cancelled"]},
+        "cost_breakdown": {"total_cost_usd_ticks": total_ticks, "endpoint_costs": endpoint_costs,
+                           "calculation_time": rfc3339(time.time())},
+    }
+
+
+def _request_state(row: Row) -> str:
+    if row["ok"] is None:
+        return "pending"
+    if row["ok"]:
+        return "succeeded"
+    return "cancelled" if row["error_code"] == "batch_cancelled" else "failed"
+
+
+def _kind(endpoint: str) -> str:
+    return ENDPOINT_KINDS.get(endpoint, endpoint)
+
+
+def xai_result(settings: Settings, batch: Row, row: Row) -> dict[str, Any]:
+    endpoint = row["endpoint"] or batch["endpoint"]
+    body = orjson.loads(row["body"]) if row["body"] else None
+    if row["ok"]:
+        if isinstance(body, dict) and isinstance(body.get("usage"), dict):
+            body["usage"]["cost_in_usd_ticks"] = cost_ticks(settings, batch["model"], row["input_tokens"],
+                                                            row["output_tokens"])
+        return {"batch_request_id": row["custom_id"], "batch_result": {"response": {_kind(endpoint): body}}}
+    if row["status_code"] is not None:
+        error = body.get("error") if isinstance(body, dict) else None
+        message = (error.get("message") if isinstance(error, dict) else None) or str(body)
+        code: Any = row["status_code"]
+    else:
+        message, code = row["error_message"] or "", row["error_code"]
+    return {"batch_request_id": row["custom_id"], "batch_result": {"error": {"code": code, "message": message}},
+            "error_message": message}
+
+
+# ------------------------------------------------------------------ pagination tokens
+def encode_token(position: int | str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"after": position})).decode().rstrip("=")
+
+
+def decode_token(request: Request, kind: type) -> Any:
+    raw = request.query_params.get("pagination_token")
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))["after"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        value = None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidRequest("invalid pagination_token", param="pagination_token", code="invalid_parameter")
+    return value
+
+
+# ------------------------------------------------------------------ routes
+async def create_batch(request: Request) -> JSON:
+    principal = authenticate(request)
+    gateway: Gateway = request.app.state.gateway
+    data = await json_object(request)
+    name = data.get("name")
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        raise InvalidRequest(f"'name' must be a string of 1 to {MAX_NAME} characters", param="name",
+                             code="missing_required_parameter" if name is None else "invalid_parameter")
+    now = int(time.time())
+    row: dict[str, Any] = {
+        "id": ids.batch_id(), "team_id": principal.team_id, "dialect": "xai", "name": name, "model": None,
+        "completion_window": f"{OPEN_BATCH_WINDOW_S // 3600}h", "created_at": now,
+        "expires_at": now + OPEN_BATCH_WINDOW_S, "total": 0, "completed": 0, "failed": 0, "input_tokens": 0,
+        "cached_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0,
+    }
+    file_id = data.get("input_file_id")
+    if file_id is None:  # an open batch: requests arrive through add-calls and start at once
+        row.update(status="in_progress", in_progress_at=now, sealed=False, input_file_id=None,
+                   endpoint="/v1/chat/completions")
+    else:  # a sealed batch from an OpenAI-format JSONL file
+        if not isinstance(file_id, str):
+            raise InvalidRequest("'input_file_id' must be a string", param="input_file_id", code="invalid_parameter")
+        file = await gateway.store.get_file(file_id, now, team_id=principal.team_id)
+        if file is None:
+            raise NotFound(f"no such file: {file_id!r}", param="input_file_id", code="file_not_found")
+        row.update(status="validating", sealed=True, input_file_id=file_id,
+                   endpoint=await _first_endpoint(gateway, file_id))
+    await gateway.store.insert_batch(row)
+    gateway.notify()
+    stored = await gateway.store.get_batch(row["id"])
+    assert stored is not None
+    return JSON(await xai_batch(gateway, stored))
+
+
+async def _first_endpoint(gateway: Gateway, file_id: str) -> str:
+    """The url of the file's first request (a sealed xAI batch takes its endpoint from its lines)."""
+    head = b""
+    async for chunk in gateway.blobs.iter_chunks(file_id, 64 * 1024):
+        head = chunk
+        break
+    for line in head.splitlines():
+        if line.strip():
+            try:
+                url = orjson.loads(line).get("url")
+            except (orjson.JSONDecodeError, AttributeError):
+                break
+            if url in SERVED_ENDPOINTS:
+                return url
+            break
+    return "/v1/chat/completions"  # validation then reports any line that disagrees
+
+
+async def list_batches(request: Request) -> JSON:
+    principal = authenticate(request)
+    gateway: Gateway = request.app.state.gateway
+    limit = int_param(request, "limit", 100, 1, 1000)
+    after = decode_token(request, str)
+    rows = await gateway.store.list_batches(after=after, limit=limit + 1, team_id=principal.team_id)
+    page = rows[:limit]
+    token = encode_token(page[-1]["id"]) if len(rows) > limit else None
+    return JSON({"batches": [await xai_batch(gateway, r) for r in page], "pagination_token": token})
+
+
+async def get_batch(request: Request) -> JSON:
+    row = await visible_batch(request, authenticate(request))
+    return JSON(await xai_batch(request.app.state.gateway, row))
+
+
+async def cancel_batch(request: Request) -> JSON:
+    gateway: Gateway = request.app.state.gateway
+    row = await visible_batch(request, authenticate(request))
+    return JSON(await xai_batch(gateway, await request_cancel(gateway, row)))
+
+
+async def add_requests(request: Request) -> JSON:
+    principal = authenticate(request)
+    gateway: Gateway = request.app.state.gateway
+    limits = gateway.settings.limits
+    batch = await visible_batch(request, principal)
+    data = await json_object(request, max_bytes=limits.max_add_bytes)
+    items, model = parse_add_requests(data, known_models=[m.name for m in gateway.settings.models],
+                                      max_items=limits.max_add_requests)
+    segment = "seg_" + ids.new_ulid()
+    writer = await gateway.blobs.writer(segment)
+    rows, offset, now = [], 0, time.time()
+    try:
+        for item in items:
+            await writer.write(item.line + b"\n")
+            rows.append({"custom_id": item.request_id, "offset": offset, "length": len(item.line),
+                         "state": "pending", "attempts": 0, "next_attempt_at": 0.0, "blob_key": segment,
+                         "endpoint": item.endpoint, "created_at": now})
+            offset += len(item.line) + 1
+        await writer.commit()
+    except BaseException:
+        await writer.abort()
+        raise
+    try:
+        await gateway.store.append_requests(batch["id"], rows, model, limits.max_requests_per_batch)
+    except (BatchClosed, DuplicateRequestIds, MismatchedModel, BatchFull) as exc:
+        await gateway.blobs.delete(segment)
+        raise _add_error(batch, exc) from exc
+    except BaseException:
+        await gateway.blobs.delete(segment)
+        raise
+    gateway.notify()
+    return JSON({})
+
+
+def _add_error(batch: Row, exc: Exception) -> APIError:
+    if isinstance(exc, BatchClosed):
+        if exc.sealed:
+            return InvalidRequest(f"batch {batch['id']} was created from a file and takes no more requests",
+                                  param="batch_id", code="batch_sealed")
+        return Conflict(f"batch {batch['id']} is {exc.status}; requests can no longer be added", param="batch_id",
+                        code="batch_not_open")
+    if isinstance(exc, DuplicateRequestIds):
+        return InvalidRequest(f"batch_request_id {exc.ids[0]!r} is already in batch {batch['id']}",
+                              param="batch_requests", code="duplicate_batch_request_id")
+    if isinstance(exc, MismatchedModel):
+        return InvalidRequest(f"batch {batch['id']} runs model {exc.model!r}; one model per batch",
+                              param="batch_requests", code="mismatched_model")
+    if isinstance(exc, BatchFull):
+        return InvalidRequest(f"batch {batch['id']} would exceed its limit of requests ({exc.total} already)",
+                              param="batch_requests", code="too_many_requests")
+    raise exc
+
+
+async def list_requests(request: Request) -> JSON:
+    principal = authenticate(request)
+    gateway: Gateway = request.app.state.gateway
+    batch = await visible_batch(request, principal)
+    limit = int_param(request, "limit", 100, 1, 1000)
+    after = decode_token(request, int) or 0
+    rows = await gateway.store.request_page(batch["id"], after, limit + 1)
+    page = rows[:limit]
+    return JSON({
+        "batch_request_metadata": [{
+            "batch_request_id": r["custom_id"], "endpoint": _kind(r["endpoint"] or batch["endpoint"]),
+            "model": batch["model"], "state": _request_state(r),
+            "create_time": rfc3339(r["created_at"] if r["created_at"] is not None else batch["created_at"]),
+            "finish_time": rfc3339(r["finished_at"]),
+        } for r in page],
+        "pagination_token": encode_token(page[-1]["line_no"]) if len(rows) > limit else None,
+    })
+
+
+async def list_results(request: Request) -> JSON:
+    """Results in the order they were stored. The token is a position in that order, so pages read
+    while results keep arriving never skip or repeat one. It is null only at the end of what exists
+    when every request added so far has ended (for an open batch, more may be added later)."""
+    principal = authenticate(request)
+    gateway: Gateway = request.app.state.gateway
+    batch = await visible_batch(request, principal)
+    limit = int_param(request, "limit", 100, 1, 1000)
+    after = decode_token(request, int) or 0
+    rows = await gateway.store.results_after_seq(batch["id"], after, limit)
+    fresh = await gateway.store.get_batch(batch["id"])
+    assert fresh is not None
+    unfinished = fresh["status"] == "validating" or (
+        fresh["status"] not in ("completed", "failed", "expired", "cancelled")
+        and fresh["total"] > fresh["completed"] + fresh["failed"])
+    more = len(rows) == limit or unfinished
+    position = rows[-1]["seq"] if rows else after
+    return JSON({
+        "results": [xai_result(gateway.settings, fresh, r) for r in rows],
+        "pagination_token": encode_token(position) if more else None,
+    })
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/batches", create_batch, methods=["POST"]),
+        Route("/batches", list_batches, methods=["GET"]),
+        Route("/batches/{batch_id}:cancel", cancel_batch, methods=["POST"]),
+        Route("/batches/{batch_id}", get_batch, methods=["GET"]),
+        Route("/batches/{batch_id}/requests", add_requests, methods=["POST"]),
+        Route("/batches/{batch_id}/requests", list_requests, methods=["GET"]),
+        Route("/batches/{batch_id}/results", list_results, methods=["GET"]),
+    ]
