@@ -203,6 +203,9 @@ class Lifecycle:
             return
         metrics.BATCHES_FINISHED.labels(to_status).inc()
         log.info("batch %s %s: %d completed, %d failed", batch["id"], to_status, fresh["completed"], fresh["failed"])
+        # Requests added to an open batch lived in segment blobs; the result files now hold their outcome.
+        for key in await self._store.segment_keys(batch["id"]):
+            await self._blobs.delete(key)
         self._done(batch["id"])
 
     async def _finish_without_files(self, batch: Row, from_status: str, to_status: str, **stamps: int) -> None:

@@ -317,6 +317,13 @@ class Store:
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).mappings())
 
+    async def segment_keys(self, batch_id: str) -> list[str]:
+        """Blobs holding requests added to an open batch (not its input file)."""
+        query = select(requests.c.blob_key).where(requests.c.batch_id == batch_id,
+                                                   requests.c.blob_key.is_not(None)).distinct()
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
     async def results_after_seq(self, batch_id: str, after_seq: int, limit: int, ok: bool | None = None
                                 ) -> list[Row]:
         """Results in the order they were stored: a cursor on `seq` never skips or repeats one."""
