@@ -51,11 +51,16 @@ class Lifecycle:
         self._wake.set()
 
     async def run(self) -> None:
+        failures = 0
         while not self._stopping:
             try:
                 await self.tick()
+                failures = 0
             except Exception:
-                log.exception("lifecycle tick failed; retrying")
+                failures += 1
+                log.exception("lifecycle tick failed (%d in a row); retrying", failures)
+                if failures % 3 == 0:  # a connection left broken must not wedge the engine for good
+                    await self._store.reset_connections()
             await wait_for_event(self._wake, self._settings.engine.poll_interval_s)
 
     async def stop(self) -> None:

@@ -87,6 +87,10 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    async def reset_connections(self) -> None:
+        """Drop pooled connections so the next query opens a fresh one (after repeated failures)."""
+        await self.engine.dispose()
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
