@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from batchgate.api import batches, files, ops, truefoundry, xai
+from batchgate.api import admin, batches, files, ops, truefoundry, xai
 from batchgate.api.responses import JSON
 from batchgate.config import Settings
 from batchgate.errors import APIError
@@ -72,6 +72,7 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
             Mount("/api/llm/api/inference/openai", routes=openai_routes()),
             Mount("/api/llm", routes=openai_routes()),
             Mount("/xai/v1", routes=xai.routes()),
+            Mount("/admin", routes=admin.routes()),
         ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
                             Exception: _unexpected},

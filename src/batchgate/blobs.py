@@ -20,6 +20,7 @@ CHUNK = 1 << 20
 
 class BlobWriter(Protocol):
     size: int
+    lines: int  # newline-terminated lines, plus a last line without one
 
     async def write(self, data: bytes) -> None: ...
     async def commit(self) -> str: ...  # returns the sha256 hex digest
@@ -43,14 +44,23 @@ class LocalWriter:
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._sha = hashlib.sha256()
         self.size = 0
+        self._newlines = 0
+        self._open_line = False  # bytes after the last newline
 
     async def write(self, data: bytes) -> None:
         self._sha.update(data)
         self.size += len(data)
+        if data:
+            self._newlines += data.count(b"\n")
+            self._open_line = not data.endswith(b"\n")
         if len(data) >= 256 * 1024:
             await asyncio.to_thread(self._fh.write, data)
         else:
             self._fh.write(data)
+
+    @property
+    def lines(self) -> int:
+        return self._newlines + (1 if self._open_line else 0)
 
     async def commit(self) -> str:
         await asyncio.to_thread(self._finish)

@@ -174,6 +174,72 @@ def download(batch_id: str, output_dir: Annotated[Path, typer.Option("--output",
     client.download(base_url, api_key, batch_id, output_dir)
 
 
+
+keys_app = typer.Typer(help="Manage API keys (admin key needed).", no_args_is_help=True)
+teams_app = typer.Typer(help="Manage teams (admin key needed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(teams_app, name="teams")
+
+
+@keys_app.command("create")
+def keys_create(team: Annotated[str, typer.Option(help="the team (name or id) the key belongs to")],
+                name: Annotated[str | None, typer.Option(help="a label for the key")] = None,
+                models: Annotated[str | None, typer.Option(help="comma-separated models it may use")] = None,
+                rpm: Annotated[int | None, typer.Option(help="API requests per minute")] = None,
+                budget_usd: Annotated[float | None, typer.Option(help="spend limit in USD")] = None,
+                base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """Create a key; the full key is printed once, on stdout."""
+    from batchgate import admin_client
+
+    model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    admin_client.create_key(base_url, api_key, team, name, model_list, rpm, budget_usd)
+
+
+@keys_app.command("list")
+def keys_list(base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """List keys (prefixes only)."""
+    from batchgate import admin_client
+
+    admin_client.list_keys(base_url, api_key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """Revoke a key; it stops working on its next request."""
+    from batchgate import admin_client
+
+    admin_client.revoke_key(base_url, api_key, key_id)
+
+
+@teams_app.command("create")
+def teams_create(name: str, weight: Annotated[float | None, typer.Option(help="fair-share weight")] = None,
+                 budget_usd: Annotated[float | None, typer.Option(help="spend limit in USD")] = None,
+                 max_queued_requests: Annotated[int | None, typer.Option(help="queued requests cap")] = None,
+                 base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """Create a team."""
+    from batchgate import admin_client
+
+    admin_client.create_team(base_url, api_key, name, weight, budget_usd, max_queued_requests)
+
+
+@teams_app.command("list")
+def teams_list(base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """List teams."""
+    from batchgate import admin_client
+
+    admin_client.list_teams(base_url, api_key)
+
+
+@app.command()
+def usage(team: Annotated[str | None, typer.Option(help="one team (name or id)")] = None,
+          key: Annotated[str | None, typer.Option(help="one key id")] = None,
+          since: Annotated[int | None, typer.Option(help="batches created since (Unix seconds)")] = None,
+          base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+    """Requests, tokens and cost per team, key and model (admin key needed)."""
+    from batchgate import admin_client
+
+    admin_client.usage(base_url, api_key, team, key, since)
+
 def main() -> None:
     try:
         app()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from batchgate.blobs import BlobStore, LocalBlobStore
 from batchgate.config import ConfigError, Settings
 from batchgate.engine.core import Engine
+from batchgate.keys import RateLimiter
 from batchgate.store.database import create_engine, is_sqlite
 from batchgate.store.migrate import upgrade_to_head
 from batchgate.store.queries import Store
@@ -20,6 +21,7 @@ class Gateway:
     store: Store
     blobs: BlobStore
     engine: Engine | None
+    rate_limiter: RateLimiter = field(default_factory=RateLimiter)
 
     def notify(self) -> None:
         if self.engine is not None:

@@ -1,22 +1,34 @@
-"""Who is calling. For now one admin key (or open local mode); teams and keys come later."""
+"""Who is calling: the admin key, a team's API key, or (no key configured, loopback only) anyone."""
 
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
 
+import orjson
 from starlette.requests import Request
 
-from batchgate.errors import Unauthorized
+from batchgate.errors import APIError, Forbidden, Unauthorized
+from batchgate.keys import hash_key, retry_after_header
 
 
 @dataclass(frozen=True)
 class Principal:
-    team_id: str | None  # None: sees every team's objects
+    team_id: str | None  # None: the admin, who sees every team's objects
     is_admin: bool
+    key_id: str | None = None
+    models: tuple[str, ...] | None = None  # models this key may use; None: all
+
+    def allowed_models(self, configured: list[str]) -> list[str]:
+        return configured if self.models is None else [m for m in configured if m in self.models]
 
 
 ADMIN = Principal(team_id=None, is_admin=True)
+
+
+class RateLimited(APIError):
+    status_code = 429
+    error_type = "rate_limit_error"
 
 
 def bearer_token(request: Request) -> str | None:
@@ -27,13 +39,31 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def authenticate(request: Request) -> Principal:
-    admin_key: str | None = request.app.state.gateway.settings.auth.admin_key
+async def authenticate(request: Request) -> Principal:
+    gateway = request.app.state.gateway
+    admin_key: str | None = gateway.settings.auth.admin_key
+    token = bearer_token(request)
+    if token is not None and admin_key is not None and hmac.compare_digest(token.encode(), admin_key.encode()):
+        return ADMIN
+    if token is not None:
+        row = await gateway.store.key_by_hash(hash_key(token))
+        if row is not None:
+            if row["rpm"]:
+                wait = gateway.rate_limiter.try_acquire(row["id"], row["rpm"])
+                if wait > 0:
+                    raise RateLimited(f"rate limit of {row['rpm']} requests per minute reached for this key",
+                                      code="rate_limit_exceeded", headers={"Retry-After": retry_after_header(wait)})
+            models = tuple(orjson.loads(row["models"])) if row["models"] else None
+            return Principal(team_id=row["team_id"], is_admin=False, key_id=row["id"], models=models)
     if admin_key is None:
         return ADMIN  # open local mode: only ever bound to loopback (checked at start-up)
-    token = bearer_token(request)
     if token is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
-    if not hmac.compare_digest(token.encode(), admin_key.encode()):
-        raise Unauthorized("invalid API key", code="invalid_api_key")
-    return ADMIN
+    raise Unauthorized("invalid API key", code="invalid_api_key")
+
+
+async def authenticate_admin(request: Request) -> Principal:
+    principal = await authenticate(request)
+    if not principal.is_admin:
+        raise Forbidden("this route needs the admin key", code="admin_only")
+    return principal

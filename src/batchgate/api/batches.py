@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
 from batchgate.api import truefoundry
-from batchgate.api.auth import Principal, authenticate
+from batchgate.api.auth import Principal, RateLimited, authenticate
 from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
 from batchgate.api.serialize import batch_object, page
@@ -34,8 +35,11 @@ async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *
     if file["purpose"] != "batch":
         raise InvalidRequest(f"file {file['id']} has purpose {file['purpose']!r}; a batch input needs 'batch'",
                              param="input_file_id", code="invalid_file_purpose")
+    await check_queue_quota(gateway, principal, file["lines"] or 0)
     row = new_batch_row(params, team_id=principal.team_id, now=int(time.time()))
-    row.update(job_name=job_name, pinned_deployment=pinned_deployment or file["provider_name"])
+    row.update(job_name=job_name, pinned_deployment=pinned_deployment or file["provider_name"],
+               create_api_key_id=principal.key_id,
+               allowed_models=orjson.dumps(list(principal.models)).decode() if principal.models is not None else None)
     await gateway.store.insert_batch(row)
     gateway.notify()
     stored = await gateway.store.get_batch(row["id"])
@@ -43,8 +47,22 @@ async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *
     return stored
 
 
+async def check_queue_quota(gateway: Gateway, principal: Principal, adding: int) -> None:
+    """A team may have at most `max_queued_requests` requests waiting; refuse what would pass it."""
+    if principal.team_id is None:
+        return
+    team = await gateway.store.team_by_id(principal.team_id)
+    limit = team["max_queued_requests"] if team else None
+    if limit is None:
+        return
+    queued = await gateway.store.queued_requests(principal.team_id)
+    if queued + adding > limit:
+        raise RateLimited(f"team {team['name']!r} may queue {limit} requests; {queued} are queued and this adds "
+                          f"{adding}", code="max_queued_requests_exceeded")
+
+
 async def create_batch(request: Request) -> JSON:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     data = await json_object(request)
     row = await create_batch_row(gateway, principal, data, header_metadata=truefoundry.header_metadata(request),
@@ -54,7 +72,7 @@ async def create_batch(request: Request) -> JSON:
 
 
 async def list_batches(request: Request) -> JSON:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     limit = int_param(request, "limit", 20, 1, 100)
     rows = await gateway.store.list_batches(after=request.query_params.get("after") or None, limit=limit + 1,
@@ -72,7 +90,7 @@ async def visible_batch(request: Request, principal: Principal) -> Row:
 
 
 async def retrieve_batch(request: Request) -> JSON:
-    return JSON(batch_object(await visible_batch(request, authenticate(request))))
+    return JSON(batch_object(await visible_batch(request, await authenticate(request))))
 
 
 async def request_cancel(gateway: Gateway, row: Row) -> Row:
@@ -92,7 +110,7 @@ async def request_cancel(gateway: Gateway, row: Row) -> Row:
 
 
 async def cancel_batch(request: Request) -> JSON:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     row = await visible_batch(request, principal)
     return JSON(batch_object(await request_cancel(request.app.state.gateway, row)))
 

@@ -49,7 +49,7 @@ def _expiry_seconds(fields: dict[str, str], purpose: str) -> int | None:
 
 
 async def upload_file(request: Request) -> JSON:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     pinned = truefoundry.provider_name(request, gateway)  # checked before a byte is stored
     file_id = ids.file_id()
@@ -77,7 +77,7 @@ async def upload_file(request: Request) -> JSON:
         "id": file_id, "team_id": principal.team_id, "filename": safe_filename(upload.filename), "purpose": purpose,
         "bytes": writer.size, "sha256": sha, "created_at": now,
         "expires_at": now + expires_s if expires_s else None,
-        "provider_name": pinned,
+        "provider_name": pinned, "lines": writer.lines,
     }
     try:
         await gateway.store.insert_file(row)
@@ -90,7 +90,7 @@ async def upload_file(request: Request) -> JSON:
 
 
 async def list_files(request: Request) -> JSON:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     limit = int_param(request, "limit", 10_000, 1, 10_000)
     order = choice_param(request, "order", "desc", ("asc", "desc"))
@@ -104,7 +104,7 @@ async def list_files(request: Request) -> JSON:
 
 
 async def _visible_file(request: Request) -> tuple[Gateway, dict]:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     file_id = request.path_params["file_id"]
     row = await gateway.store.get_file(file_id, int(time.time()), team_id=principal.team_id)

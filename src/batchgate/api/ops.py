@@ -37,12 +37,12 @@ async def ready(request: Request) -> JSON:
 async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     if gateway.settings.auth.protect_metrics:
-        authenticate(request)
+        await authenticate(request)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def models(request: Request) -> JSON:
-    authenticate(request)
+    await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     data = [{"id": m.name, "object": "model", "created": STARTED_AT, "owned_by": "batchgate"}
             for m in gateway.settings.models]

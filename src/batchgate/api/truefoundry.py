@@ -72,7 +72,7 @@ async def batch_output(request: Request) -> StreamingResponse:
     """The output lines finished so far as one JSON array, streamed; works while the batch runs."""
     from batchgate.api.batches import visible_batch
 
-    batch = await visible_batch(request, authenticate(request))
+    batch = await visible_batch(request, await authenticate(request))
     gateway: Gateway = request.app.state.gateway
 
     async def body() -> AsyncIterator[bytes]:

@@ -19,18 +19,18 @@ from starlette.routing import Route
 
 from batchgate import ids
 from batchgate.api.auth import authenticate
-from batchgate.api.batches import request_cancel, visible_batch
+from batchgate.api.batches import check_queue_quota, request_cancel, visible_batch
 from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
 from batchgate.batch_params import SERVED_ENDPOINTS
 from batchgate.config import Settings
 from batchgate.errors import APIError, Conflict, InvalidRequest, NotFound
 from batchgate.gateway import Gateway
+from batchgate.pricing import cost_ticks
 from batchgate.store.queries import BatchClosed, BatchFull, DuplicateRequestIds, MismatchedModel, Row
 from batchgate.xai_requests import ENDPOINT_KINDS, parse_add_requests
 
 OPEN_BATCH_WINDOW_S = 24 * 3600
-TICKS_PER_USD = 10**10
 MAX_NAME = 256
 
 
@@ -39,15 +39,6 @@ def rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def cost_ticks(settings: Settings, model: str | None, input_tokens: int, output_tokens: int) -> int:
-    """Cost in 1e-10 USD from the model's configured price per million tokens."""
-    config = settings.model(model) if model else None
-    if config is None:
-        return 0
-    usd = (input_tokens * config.price.input_per_mtok + output_tokens * config.price.output_per_mtok) / 1e6
-    return round(usd * TICKS_PER_USD)
 
 
 async def xai_batch(gateway: Gateway, row: Row) -> dict[str, Any]:
@@ -122,7 +113,7 @@ def decode_token(request: Request, kind: type) -> Any:
 
 # ------------------------------------------------------------------ routes
 async def create_batch(request: Request) -> JSON:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     data = await json_object(request)
     name = data.get("name")
@@ -132,6 +123,8 @@ async def create_batch(request: Request) -> JSON:
     now = int(time.time())
     row: dict[str, Any] = {
         "id": ids.batch_id(), "team_id": principal.team_id, "dialect": "xai", "name": name, "model": None,
+        "create_api_key_id": principal.key_id,
+        "allowed_models": orjson.dumps(list(principal.models)).decode() if principal.models is not None else None,
         "completion_window": f"{OPEN_BATCH_WINDOW_S // 3600}h", "created_at": now,
         "expires_at": now + OPEN_BATCH_WINDOW_S, "total": 0, "completed": 0, "failed": 0, "input_tokens": 0,
         "cached_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0,
@@ -174,7 +167,7 @@ async def _first_endpoint(gateway: Gateway, file_id: str) -> str:
 
 
 async def list_batches(request: Request) -> JSON:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     limit = int_param(request, "limit", 100, 1, 1000)
     after = decode_token(request, str)
@@ -185,24 +178,25 @@ async def list_batches(request: Request) -> JSON:
 
 
 async def get_batch(request: Request) -> JSON:
-    row = await visible_batch(request, authenticate(request))
+    row = await visible_batch(request, await authenticate(request))
     return JSON(await xai_batch(request.app.state.gateway, row))
 
 
 async def cancel_batch(request: Request) -> JSON:
     gateway: Gateway = request.app.state.gateway
-    row = await visible_batch(request, authenticate(request))
+    row = await visible_batch(request, await authenticate(request))
     return JSON(await xai_batch(gateway, await request_cancel(gateway, row)))
 
 
 async def add_requests(request: Request) -> JSON:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     limits = gateway.settings.limits
     batch = await visible_batch(request, principal)
     data = await json_object(request, max_bytes=limits.max_add_bytes)
-    items, model = parse_add_requests(data, known_models=[m.name for m in gateway.settings.models],
-                                      max_items=limits.max_add_requests)
+    configured = principal.allowed_models([m.name for m in gateway.settings.models])
+    items, model = parse_add_requests(data, known_models=configured, max_items=limits.max_add_requests)
+    await check_queue_quota(gateway, principal, len(items))
     segment = "seg_" + ids.new_ulid()
     writer = await gateway.blobs.writer(segment)
     rows, offset, now = [], 0, time.time()
@@ -249,7 +243,7 @@ def _add_error(batch: Row, exc: Exception) -> APIError:
 
 
 async def list_requests(request: Request) -> JSON:
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     batch = await visible_batch(request, principal)
     limit = int_param(request, "limit", 100, 1, 1000)
@@ -271,7 +265,7 @@ async def list_results(request: Request) -> JSON:
     """Results in the order they were stored. The token is a position in that order, so pages read
     while results keep arriving never skip or repeat one. It is null only at the end of what exists
     when every request added so far has ended (for an open batch, more may be added later)."""
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     batch = await visible_batch(request, principal)
     limit = int_param(request, "limit", 100, 1, 1000)

@@ -31,6 +31,15 @@ MAX_PARALLEL_VALIDATIONS = 2
 HOUSEKEEPING_EVERY_S = 10.0
 
 
+def _allowed_models(settings: Settings, batch: Row) -> list[str]:
+    """Configured models, narrowed to those the creating API key may use."""
+    configured = [m.name for m in settings.models]
+    if batch["allowed_models"] is None:
+        return configured
+    allowed = set(orjson.loads(batch["allowed_models"]))
+    return [m for m in configured if m in allowed]
+
+
 class Lifecycle:
     def __init__(self, settings: Settings, store: Store, blobs: BlobStore, dispatcher: Dispatcher,
                  writer: ResultWriter, owner: str, on_batch_done: Callable[[str], None] | None = None) -> None:
@@ -129,7 +138,7 @@ class Lifecycle:
 
         report = await validate_input(
             self._blobs, file["id"], file["bytes"], batch["endpoint"], self._settings.limits,
-            [m.name for m in self._settings.models], batch["model_override"], write_rows, cancelled,
+            _allowed_models(self._settings, batch), batch["model_override"], write_rows, cancelled,
         )
         if report is None:
             return

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from batchgate.store.tables import batches, files, requests, results
+from batchgate.store.tables import api_keys, batches, files, requests, results, teams
 
 Row = RowMapping
 
@@ -94,6 +94,87 @@ class Store:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    # ---------------------------------------------------------------- teams and keys
+    async def insert_team(self, row: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(teams).values(**row))
+
+    async def team_by_name(self, name: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(teams).where(teams.c.name == name))).mappings().first()
+
+    async def team_by_id(self, team_id: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(teams).where(teams.c.id == team_id))).mappings().first()
+
+    async def list_teams(self) -> list[Row]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(select(teams).order_by(teams.c.name))).mappings())
+
+    async def insert_key(self, row: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(api_keys).values(**row))
+
+    async def key_by_hash(self, key_hash: str) -> Row | None:
+        """A live (not revoked) key and its team's name; looked up on every request, so revocation is instant."""
+        query = (
+            select(api_keys, teams.c.name.label("team_name"))
+            .join(teams, teams.c.id == api_keys.c.team_id)
+            .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).mappings().first()
+
+    async def list_keys(self, team_id: str | None = None) -> list[Row]:
+        query = select(api_keys, teams.c.name.label("team_name")).join(teams, teams.c.id == api_keys.c.team_id)
+        if team_id is not None:
+            query = query.where(api_keys.c.team_id == team_id)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query.order_by(api_keys.c.id))).mappings())
+
+    async def revoke_key(self, key_id: str, now: int) -> bool:
+        statement = update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(
+            revoked_at=now)
+        async with self.engine.begin() as conn:
+            return (await conn.execute(statement)).rowcount == 1
+
+    async def get_key(self, key_id: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+
+    async def queued_requests(self, team_id: str) -> int:
+        """Requests of a team's unfinished batches that have no result yet (plus files still validating)."""
+        query = select(func.coalesce(func.sum(batches.c.total - batches.c.completed - batches.c.failed), 0)).where(
+            batches.c.team_id == team_id, batches.c.status.in_(ACTIVE_STATUSES))
+        validating = (
+            select(func.coalesce(func.sum(files.c.lines), 0))
+            .select_from(batches.join(files, files.c.id == batches.c.input_file_id))
+            .where(batches.c.team_id == team_id, batches.c.status == "validating")
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one()) + int((await conn.execute(validating)).scalar_one())
+
+    async def usage(self, *, team_id: str | None, key_id: str | None, since: int | None) -> list[Row]:
+        """Requests and tokens per team, key and model, from the batches' live counters."""
+        query = (
+            select(batches.c.team_id, teams.c.name.label("team"), batches.c.create_api_key_id.label("key_id"),
+                   batches.c.model, func.count().label("batches"),
+                   func.sum(batches.c.completed).label("completed"), func.sum(batches.c.failed).label("failed"),
+                   func.sum(batches.c.input_tokens).label("input_tokens"),
+                   func.sum(batches.c.output_tokens).label("output_tokens"))
+            .select_from(batches.outerjoin(teams, teams.c.id == batches.c.team_id))
+            .group_by(batches.c.team_id, teams.c.name, batches.c.create_api_key_id, batches.c.model)
+            .order_by(teams.c.name, batches.c.create_api_key_id, batches.c.model)
+        )
+        if team_id is not None:
+            query = query.where(batches.c.team_id == team_id)
+        if key_id is not None:
+            query = query.where(batches.c.create_api_key_id == key_id)
+        if since is not None:
+            query = query.where(batches.c.created_at >= since)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).mappings())
 
     # ---------------------------------------------------------------- files
     async def insert_file(self, row: dict[str, Any]) -> None:

@@ -32,7 +32,9 @@ files = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=True),
     Column("provider_name", String(256), nullable=True),
+    Column("lines", Integer, nullable=True),  # newline count, for queue quotas before validation
     Index("ix_files_purpose", "purpose"),
+    Index("ix_files_team", "team_id", "id"),
     Index("ix_files_expires_at", "expires_at"),
 )
 
@@ -78,7 +80,9 @@ batches = Table(
     Column("pinned_deployment", String(256), nullable=True),  # TrueFoundry x-tfy-provider-name
     Column("cancel_message", Text, nullable=True),  # xAI cancel_by_xai_message
     Column("create_api_key_id", String(64), nullable=True),
+    Column("allowed_models", Text, nullable=True),  # JSON list from the creating key; null: all
     Index("ix_batches_status", "status"),
+    Index("ix_batches_team", "team_id", "id"),
 )
 
 # One row per input line: where its body lives in the input blob and who is working on it.
@@ -125,4 +129,33 @@ results = Table(
     Column("output_tokens", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("batch_id", "line_no", name="uq_results_batch_line"),
     sqlite_autoincrement=True,
+)
+
+
+# Teams own files and batches; API keys belong to a team. Keys are stored as SHA-256 hashes.
+teams = Table(
+    "teams",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("weight", Float, nullable=False, default=1.0),
+    Column("budget_usd", Float, nullable=True),
+    Column("max_queued_requests", Integer, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("team_id", String(64), nullable=False),
+    Column("name", String(128), nullable=True),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("models", Text, nullable=True),  # JSON list of allowed model names; null: all
+    Column("rpm", Integer, nullable=True),  # API requests per minute; null: unlimited
+    Column("budget_usd", Float, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    Index("ix_api_keys_team", "team_id"),
 )
