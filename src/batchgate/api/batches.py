@@ -28,7 +28,8 @@ async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *
     """Validate the create parameters and store a new `validating` batch (the engine takes it from there)."""
     params = parse_batch_params(data)
     if header_metadata:  # TrueFoundry's x-tfy-metadata: header keys win, the key limit applies after
-        params = replace(params, metadata=parse_metadata({**(params.metadata or {}), **header_metadata}))
+        params = replace(params, metadata=parse_metadata({**(params.metadata or {}), **header_metadata},
+                                                                param=truefoundry.METADATA_HEADER))
     file = await gateway.store.get_file(params.input_file_id, int(time.time()), team_id=principal.team_id)
     if file is None:
         raise NotFound(f"no such file: {params.input_file_id!r}", param="input_file_id", code="file_not_found")

@@ -213,7 +213,13 @@ async def add_requests(request: Request) -> JSON:
         raise
     try:
         await gateway.store.append_requests(batch["id"], rows, model, limits.max_requests_per_batch)
-    except (BatchClosed, DuplicateRequestIds, MismatchedModel, BatchFull) as exc:
+    except DuplicateRequestIds as exc:
+        await gateway.blobs.delete(segment)
+        index = min(i for i, item in enumerate(items) if item.request_id in set(exc.ids))
+        raise InvalidRequest(f"batch_requests[{index}]: batch_request_id {items[index].request_id!r} is already "
+                             f"in batch {batch['id']}", param=f"batch_requests[{index}].batch_request_id",
+                             code="duplicate_batch_request_id") from exc
+    except (BatchClosed, MismatchedModel, BatchFull) as exc:
         await gateway.blobs.delete(segment)
         raise _add_error(batch, exc) from exc
     except BaseException:
@@ -230,9 +236,6 @@ def _add_error(batch: Row, exc: Exception) -> APIError:
                                   param="batch_id", code="batch_sealed")
         return Conflict(f"batch {batch['id']} is {exc.status}; requests can no longer be added", param="batch_id",
                         code="batch_not_open")
-    if isinstance(exc, DuplicateRequestIds):
-        return InvalidRequest(f"batch_request_id {exc.ids[0]!r} is already in batch {batch['id']}",
-                              param="batch_requests", code="duplicate_batch_request_id")
     if isinstance(exc, MismatchedModel):
         return InvalidRequest(f"batch {batch['id']} runs model {exc.model!r}; one model per batch",
                               param="batch_requests", code="mismatched_model")
