@@ -23,6 +23,7 @@ from batchgate.blobs import BlobStore
 from batchgate.config import EngineConfig
 from batchgate.engine import metrics
 from batchgate.engine.deployments import Deployment, ModelPool
+from batchgate.engine.fairness import FairShare
 from batchgate.engine.retry import backoff_s, is_retryable
 from batchgate.engine.usage import extract_usage
 from batchgate.engine.writer import ResultWriter
@@ -44,6 +45,8 @@ class ActiveBatch:
     input_file_id: str | None
     expires_at: int
     pinned_deployment: str | None = None
+    team: str = ""  # "" for objects the admin created
+    team_weight: float = 1.0
 
 
 @dataclass(slots=True)
@@ -68,6 +71,7 @@ class Dispatcher:
         self._active: list[ActiveBatch] = []
         self._tasks: dict[str, set[asyncio.Task[None]]] = defaultdict(set)
         self._cursor: dict[str, int] = defaultdict(int)
+        self._fair: dict[str, FairShare] = defaultdict(FairShare)
         self._ready: dict[str, deque[_Ready]] = defaultdict(deque)
         self._stopping = False
 
@@ -148,27 +152,38 @@ class Dispatcher:
 
     async def _claim_fairly(self, model: str, batches: list[ActiveBatch], free: int
                             ) -> list[tuple[ActiveBatch, list[ClaimedRequest]]]:
-        """Split `free` slots round robin over the batches, then give leftovers to batches with more work."""
-        start = self._cursor[model] % len(batches)
-        order = batches[start:] + batches[:start]
-        self._cursor[model] += 1
+        """Split `free` slots between teams by weight, and within a team round robin over its batches
+        (earliest deadline first); slots a batch cannot use go back to the others."""
         now = time.time()
         lease_until = now + self._config.lease_s
+        fair = self._fair[model]
         out: list[tuple[ActiveBatch, list[ClaimedRequest]]] = []
-        hungry = order
-        while free > 0 and hungry:  # ends: each pass claims something or drops a batch
-            share = max(1, free // len(hungry))
-            still_hungry = []
+        hungry = batches
+        # Ends: every pass gives some batch want > 0, which either claims rows (free shrinks) or
+        # comes up short and leaves `hungry`.
+        while free > 0 and hungry:
+            by_team: dict[str, list[ActiveBatch]] = defaultdict(list)
             for batch in hungry:
-                if free <= 0:
-                    break
-                want = min(share, free)
-                claimed = await self._store.claim(batch.id, self._owner, want, now, lease_until)
-                if claimed:
-                    out.append((batch, claimed))
-                    free -= len(claimed)
-                if len(claimed) == want:
-                    still_hungry.append(batch)
+                by_team[batch.team].append(batch)
+            weights = {team: group[0].team_weight for team, group in by_team.items()}
+            still_hungry: list[ActiveBatch] = []
+            for team, units in fair.allocate(weights, free).items():
+                group = by_team[team]
+                start = self._cursor[team] % len(group)
+                self._cursor[team] += 1
+                for index, batch in enumerate(group[start:] + group[:start]):
+                    want = units // len(group) + (1 if index < units % len(group) else 0)
+                    if want == 0:
+                        still_hungry.append(batch)
+                        continue
+                    claimed = await self._store.claim(batch.id, self._owner, want, now, lease_until)
+                    if claimed:
+                        out.append((batch, claimed))
+                        free -= len(claimed)
+                    if len(claimed) == want:
+                        still_hungry.append(batch)
+                    else:
+                        fair.refund(team, want - len(claimed), weights[team])
             hungry = still_hungry
         return out
 

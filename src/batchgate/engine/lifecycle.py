@@ -82,6 +82,7 @@ class Lifecycle:
     async def tick(self) -> None:
         now = time.time()
         active: list[ActiveBatch] = []
+        weights = {team["id"]: team["weight"] for team in await self._store.list_teams()}
         for batch in await self._store.batches_with_status(ACTIVE_STATUSES):
             status = batch["status"]
             if status == "validating":
@@ -95,7 +96,8 @@ class Lifecycle:
                 elif batch["total"] > batch["completed"] + batch["failed"]:
                     active.append(ActiveBatch(batch["id"], batch["model_override"] or batch["model"],
                                               batch["endpoint"], batch["input_file_id"], batch["expires_at"],
-                                              batch["pinned_deployment"]))
+                                              batch["pinned_deployment"], batch["team_id"] or "",
+                                              weights.get(batch["team_id"], 1.0)))
             elif status == "finalizing":
                 await self._complete(batch)
             elif status == "cancelling":
