@@ -112,6 +112,33 @@ class EngineConfig(_Strict):
     backoff_max_s: float = Field(default=60.0, gt=0)
 
 
+class PiiRedactionConfig(_Strict):
+    input: bool = True
+    output: bool = False
+
+
+class GuardrailConfig(_Strict):
+    """A rule applied to a request before it leaves the gateway (and optionally to its answer)."""
+
+    name: str
+    models: list[str] | None = None  # the models it applies to; None: all
+    keys: list[str] | None = None  # the API key ids it applies to; None: all (and the admin)
+    deny_patterns: list[str] = []  # regular expressions; a match blocks the request
+    max_input_tokens: int | None = Field(default=None, gt=0)  # estimated, about four characters a token
+    clamp_max_tokens: int | None = Field(default=None, gt=0)  # lowers (or sets) the output allowance
+    redact_pii: PiiRedactionConfig | None = None  # emails, phone numbers, card numbers (Luhn-checked)
+
+    @field_validator("deny_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"deny pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+        return patterns
+
+
 def default_models() -> list[ModelConfig]:
     return [
         ModelConfig(
@@ -128,6 +155,7 @@ class Settings(_Strict):
     limits: LimitsConfig = LimitsConfig()
     engine: EngineConfig = EngineConfig()
     models: list[ModelConfig] = Field(default_factory=default_models)
+    guardrails: list[GuardrailConfig] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -142,6 +170,10 @@ class Settings(_Strict):
             unknown = [f for f in model.fallbacks if f not in names]
             if unknown:
                 raise ValueError(f"model {model.name!r} falls back to unknown models {unknown}")
+        for rule in self.guardrails:
+            unknown = [m for m in rule.models or [] if m not in names]
+            if unknown:
+                raise ValueError(f"guardrail {rule.name!r} names unknown models {unknown}")
         return self
 
     def model(self, name: str) -> ModelConfig | None:

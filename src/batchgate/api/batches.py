@@ -15,6 +15,7 @@ from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
 from batchgate.api.serialize import batch_object, page
 from batchgate.batch_params import new_batch_row, parse_batch_params, parse_metadata
+from batchgate.budgets import over_budget
 from batchgate.errors import Conflict, InvalidRequest, NotFound
 from batchgate.gateway import Gateway
 from batchgate.store.queries import TERMINAL_STATUSES, Row
@@ -49,10 +50,15 @@ async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *
 
 
 async def check_queue_quota(gateway: Gateway, principal: Principal, adding: int) -> None:
-    """A team may have at most `max_queued_requests` requests waiting; refuse what would pass it."""
+    """Refuse new work past a team's queued-requests cap, or once the team or key is over budget."""
     if principal.team_id is None:
         return
     team = await gateway.store.team_by_id(principal.team_id)
+    key = await gateway.store.get_key(principal.key_id) if principal.key_id else None
+    reason = await over_budget(gateway.store, gateway.settings, dict(team) if team else None,
+                               dict(key) if key else None)
+    if reason is not None:
+        raise RateLimited(f"budget exceeded: {reason}; no new batches are accepted", code="budget_exceeded")
     limit = team["max_queued_requests"] if team else None
     if limit is None:
         return

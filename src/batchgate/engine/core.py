@@ -13,6 +13,7 @@ from batchgate.blobs import BlobStore
 from batchgate.config import Settings
 from batchgate.engine.deployments import build_pools, close_pools
 from batchgate.engine.dispatcher import Dispatcher
+from batchgate.engine.guardrails import Guardrails
 from batchgate.engine.lifecycle import Lifecycle
 from batchgate.engine.writer import ResultWriter
 from batchgate.store.queries import Store
@@ -29,7 +30,8 @@ class Engine:
         self.pools = build_pools(settings)
         self.writer = ResultWriter(store, settings.engine.flush_interval_s, settings.engine.flush_max_results,
                                    on_flushed=self._on_flushed)
-        self.dispatcher = Dispatcher(store, blobs, self.pools, self.writer, settings.engine, self.owner)
+        self.dispatcher = Dispatcher(store, blobs, self.pools, self.writer, settings.engine, self.owner,
+                                     Guardrails(settings.guardrails))
         self.lifecycle = Lifecycle(settings, store, blobs, self.dispatcher, self.writer, self.owner,
                                    on_batch_done=on_batch_done)
         self._tasks: list[asyncio.Task[None]] = []

@@ -24,6 +24,7 @@ from batchgate.config import EngineConfig
 from batchgate.engine import metrics
 from batchgate.engine.deployments import Deployment, ModelPool
 from batchgate.engine.fairness import FairShare
+from batchgate.engine.guardrails import Blocked, Guardrails
 from batchgate.engine.limits import estimate_tokens
 from batchgate.engine.retry import backoff_s, is_retryable
 from batchgate.engine.usage import extract_usage
@@ -49,6 +50,7 @@ class ActiveBatch:
     pinned_deployment: str | None = None
     team: str = ""  # "" for objects the admin created
     team_weight: float = 1.0
+    key_id: str | None = None  # the API key that created it (guardrails may be per key)
 
 
 @dataclass(slots=True)
@@ -77,7 +79,8 @@ def _parse(batch: ActiveBatch, request: ClaimedRequest, line: bytes) -> _Ready:
 
 class Dispatcher:
     def __init__(self, store: Store, blobs: BlobStore, pools: dict[str, ModelPool], writer: ResultWriter,
-                 engine_config: EngineConfig, owner: str) -> None:
+                 engine_config: EngineConfig, owner: str, guardrails: Guardrails | None = None) -> None:
+        self._guardrails = guardrails or Guardrails([])
         self._store = store
         self._blobs = blobs
         self._pools = pools
@@ -167,7 +170,10 @@ class Dispatcher:
             if want <= 0:
                 continue
             for batch, claimed in await self._claim_fairly(model, batches, want):
-                ready.extend(_parse(batch, request, line) for request, line in await self._read_bodies(batch, claimed))
+                for request, line in await self._read_bodies(batch, claimed):
+                    item = self._guarded(_parse(batch, request, line))
+                    if item is not None:
+                        ready.append(item)
             self._start_ready(pool, ready)
 
     async def _claim_fairly(self, model: str, batches: list[ActiveBatch], free: int
@@ -218,6 +224,18 @@ class Dispatcher:
             lines = await self._blobs.read_ranges(blob, [(c.offset, c.length) for c in group])
             out.extend(zip(group, lines, strict=True))
         return out
+
+    def _guarded(self, item: _Ready) -> _Ready | None:
+        """Apply the guardrails before a request takes a slot; a blocked one ends here, never sent."""
+        if not self._guardrails or item.body is None:
+            return item
+        try:
+            item.body = self._guardrails.check_input(item.batch.model, item.batch.key_id, item.endpoint, item.body)
+        except Blocked as blocked:
+            self._finish(item.batch, item.request, UpstreamReply(None, error_code="guardrail_blocked",
+                                                                 error_message=str(blocked)))
+            return None
+        return item
 
     def _start_ready(self, pool: ModelPool, ready: deque[_Ready]) -> None:
         """Start prefetched requests on free slots: no database round trip between two requests.
@@ -352,6 +370,9 @@ class Dispatcher:
     def _finish(self, batch: ActiveBatch, request: ClaimedRequest, reply: UpstreamReply) -> None:
         ok = _succeeded(reply)
         body_text, parsed = _json_text(reply.body)
+        if ok and self._guardrails and self._guardrails.redacts_output(batch.model, batch.key_id):
+            parsed = self._guardrails.redact_output(parsed)
+            body_text = orjson.dumps(parsed).decode()
         tokens = extract_usage(parsed) if ok else (0, 0, 0, 0)
         self._writer.add(FinishedRequest(
             batch_id=batch.id, line_no=request.line_no, custom_id=request.custom_id, ok=ok,

@@ -16,6 +16,7 @@ import orjson
 
 from batchgate.aio import wait_for_event
 from batchgate.blobs import BlobStore
+from batchgate.budgets import over_budget
 from batchgate.config import Settings
 from batchgate.engine import metrics
 from batchgate.engine.deployments import deployment_names
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_PARALLEL_VALIDATIONS = 2
 HOUSEKEEPING_EVERY_S = 10.0
+BUDGET_CHECK_EVERY_S = 1.0  # spend is summed in SQL; once a second bounds the overshoot and the cost
 
 
 def _allowed_models(settings: Settings, batch: Row) -> list[str]:
@@ -38,6 +40,28 @@ def _allowed_models(settings: Settings, batch: Row) -> list[str]:
         return configured
     allowed = set(orjson.loads(batch["allowed_models"]))
     return [m for m in configured if m in allowed]
+
+
+class _BudgetCheck:
+    """Within one tick: which running batches must stop because their team or key is over budget."""
+
+    def __init__(self, store: Store, settings: Settings, teams: dict[str, dict], enabled: bool) -> None:
+        self._store, self._settings, self._teams, self.enabled = store, settings, teams, enabled
+        self._verdicts: dict[tuple[str | None, str | None], str | None] = {}
+
+    async def stop_reason(self, batch: Row) -> str | None:
+        if not self.enabled:
+            return None
+        team = self._teams.get(batch["team_id"]) if batch["team_id"] else None
+        key_id = batch["create_api_key_id"]
+        if (team is None or team["budget_usd"] is None) and key_id is None:
+            return None
+        cache_key = (batch["team_id"], key_id)
+        if cache_key not in self._verdicts:
+            key = await self._store.get_key(key_id) if key_id else None
+            self._verdicts[cache_key] = await over_budget(self._store, self._settings, team,
+                                                          dict(key) if key else None)
+        return self._verdicts[cache_key]
 
 
 class Lifecycle:
@@ -55,6 +79,7 @@ class Lifecycle:
         self._last_housekeeping = 0.0
         self._on_batch_done = on_batch_done
         self._deployment_models = deployment_names(settings)
+        self._last_budget_check = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -82,7 +107,12 @@ class Lifecycle:
     async def tick(self) -> None:
         now = time.time()
         active: list[ActiveBatch] = []
-        weights = {team["id"]: team["weight"] for team in await self._store.list_teams()}
+        teams = {team["id"]: dict(team) for team in await self._store.list_teams()}
+        weights = {team_id: team["weight"] for team_id, team in teams.items()}
+        budget_check = _BudgetCheck(self._store, self._settings, teams,
+                                    enabled=now - self._last_budget_check >= BUDGET_CHECK_EVERY_S)
+        if budget_check.enabled:
+            self._last_budget_check = now
         for batch in await self._store.batches_with_status(ACTIVE_STATUSES):
             status = batch["status"]
             if status == "validating":
@@ -91,13 +121,16 @@ class Lifecycle:
                 if now >= batch["expires_at"]:
                     await self._stop_early(batch, "in_progress", "expired", "batch_expired",
                                            "the batch's completion window ended before this request ran")
+                elif reason := await budget_check.stop_reason(batch):
+                    await self._stop_early(batch, "in_progress", "cancelled", "budget_exceeded",
+                                           f"budget exceeded before this request ran: {reason}")
                 elif batch["sealed"] and batch["completed"] + batch["failed"] >= batch["total"]:
                     await self._complete(batch)  # an open (xAI) batch runs until cancelled or expired
                 elif batch["total"] > batch["completed"] + batch["failed"]:
                     active.append(ActiveBatch(batch["id"], batch["model_override"] or batch["model"],
                                               batch["endpoint"], batch["input_file_id"], batch["expires_at"],
                                               batch["pinned_deployment"], batch["team_id"] or "",
-                                              weights.get(batch["team_id"], 1.0)))
+                                              weights.get(batch["team_id"], 1.0), batch["create_api_key_id"]))
             elif status == "finalizing":
                 await self._complete(batch)
             elif status == "cancelling":
@@ -199,9 +232,12 @@ class Lifecycle:
         if fresh is None or fresh["status"] != from_status:
             return
         stamp = {"expired": "expired_at", "cancelled": "cancelled_at"}[to_status]
-        await self._write_files_and_finish(fresh, from_status, to_status, **{stamp: int(time.time())})
+        extra: dict[str, Any] = {stamp: int(time.time())}
+        if code == "budget_exceeded":
+            extra["cancel_message"] = message
+        await self._write_files_and_finish(fresh, from_status, to_status, **extra)
 
-    async def _write_files_and_finish(self, batch: Row, from_status: str, to_status: str, **stamps: int) -> None:
+    async def _write_files_and_finish(self, batch: Row, from_status: str, to_status: str, **stamps: Any) -> None:
         now = int(time.time())
         fresh = await self._store.get_batch(batch["id"])
         if fresh is None or fresh["status"] != from_status:
