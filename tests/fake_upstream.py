@@ -15,12 +15,24 @@ Every directive counts from the first attempt of its body (attempts are keyed by
 raw body), so ``@reset:1 @status:500:2`` means: reset, then 500, then success. When several
 apply to one attempt the order is reset, hang, status.
 
-Control endpoints (outside ``/v1``): ``POST /_control`` ``{latency_ms, fail_status, fail_rate,
-retry_after}``, ``GET /_stats``, ``POST /_reset`` (stats, attempt counters and controls back to
-their start-up values).
+RPM enforcement (``--rpm N``, ``rpm`` in ``/_control``, ``FakeUpstream(rpm=N)``): at most N calls
+in any sliding 60-second window, counted across all API calls whatever their path, model or body.
+A call over the limit is answered at once (no latency) with HTTP 429, an OpenAI
+``rate_limit_exceeded`` error and ``Retry-After`` = seconds until the oldest call in the window
+leaves it, rounded up; it is counted in ``by_status`` but takes no place in the window and is no
+attempt for the directives above (the limiter stands in front of the model).
+``--rpm-window-s W`` (``rpm_window_s``) enforces the same rate over a shorter window, at most
+N·W/60 calls in any W seconds, as providers that quantise their limits do (OpenAI: "60,000
+requests/minute may be enforced as 1,000 requests/second").
 
-Run as a process: ``python tests/fake_upstream.py --host 127.0.0.1 --port 0 [--latency-ms 50]``
-prints ``READY <port>`` once listening. In-process: ``FakeUpstream`` (``await start()``,
+Control endpoints (outside ``/v1``): ``POST /_control`` ``{latency_ms, fail_status, fail_rate,
+retry_after, rpm, rpm_window_s}``, ``GET /_stats``, ``POST /_reset`` (stats, attempt counters, the
+RPM window and controls back to their start-up values). ``/_stats`` also gives
+``first_request_at`` and ``last_answer_at`` (Unix time of the first API call and of the last API
+answer, null before any) so a benchmark can measure a rate on the upstream's own clock.
+
+Run as a process: ``python tests/fake_upstream.py --host 127.0.0.1 --port 0 [--latency-ms 50]
+[--rpm N [--rpm-window-s W]]`` prints ``READY <port>`` once listening. In-process: ``FakeUpstream`` (``await start()``,
 ``await stop()``, ``.url``).
 """
 
@@ -31,12 +43,14 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import math
 import re
 import signal
 import socket
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +113,7 @@ _ERROR_TYPES = {
     429: ("requests", "rate_limit_exceeded"),
 }
 _ALWAYS = -1  # attempt limit meaning "every attempt"
+RPM_WINDOW_S = 60.0  # the sliding window of --rpm, unless told otherwise
 
 
 def count_tokens(text: str) -> int:
@@ -156,6 +171,8 @@ class Controls:
     fail_status: int | None = None
     fail_rate: float = 1.0
     retry_after: str | None = None
+    rpm: int | None = None  # None: no limit
+    rpm_window_s: float = RPM_WINDOW_S
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -163,7 +180,14 @@ class Controls:
             "fail_status": self.fail_status,
             "fail_rate": self.fail_rate,
             "retry_after": self.retry_after,
+            "rpm": self.rpm,
+            "rpm_window_s": self.rpm_window_s,
         }
+
+    def window_limit(self) -> int:
+        """Calls allowed in one window: the RPM scaled to the window's length, at least one."""
+        assert self.rpm is not None
+        return max(1, math.floor(self.rpm * self.rpm_window_s / 60.0 + 1e-9))
 
 
 _CONTROL_TYPES: dict[str, Callable[[Any], Any]] = {
@@ -171,6 +195,8 @@ _CONTROL_TYPES: dict[str, Callable[[Any], Any]] = {
     "fail_status": int,
     "fail_rate": float,
     "retry_after": str,
+    "rpm": int,
+    "rpm_window_s": float,
 }
 
 
@@ -189,6 +215,9 @@ class _Stats:
         self.models_seen: dict[str, int] = {}
         self.auth_headers: dict[str, None] = {}  # an ordered set
         self.fail_counter = 0
+        self.admitted: deque[float] = deque()  # monotonic times of calls inside the RPM window
+        self.first_request_at: float | None = None  # Unix times, for rates on our own clock
+        self.last_answer_at: float | None = None
 
     def count(self, bucket: str) -> None:
         self.by_status[bucket] = self.by_status.get(bucket, 0) + 1
@@ -204,6 +233,8 @@ class _Stats:
             "bodies_repeated": sum(1 for n in self.attempts.values() if n > 1),
             "models_seen": dict(self.models_seen),
             "auth_headers": list(self.auth_headers),
+            "first_request_at": self.first_request_at,
+            "last_answer_at": self.last_answer_at,
         }
 
 
@@ -384,11 +415,19 @@ _BUILDERS: dict[str, Callable[[dict[str, Any], int, str], dict[str, Any]]] = {
 class FakeUpstream:
     """The fake server, run in the current event loop."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_ms: float = 0.0,
+        rpm: int | None = None,
+        rpm_window_s: float = RPM_WINDOW_S,
+    ) -> None:
         self.host = host
         self.port = port
-        self._default_latency_ms = latency_ms
         self.controls = Controls(latency_ms=latency_ms)
+        self.control(rpm=rpm, rpm_window_s=rpm_window_s)  # validated as over /_control
+        self._defaults = Controls(**self.controls.as_dict())
         self._stats = _Stats()
         self._request_no = 0  # never reset, so x-request-id stays unique for the process life
         self._runner: web.AppRunner | None = None
@@ -438,7 +477,7 @@ class FakeUpstream:
 
     def reset(self) -> None:
         self._stats.clear()
-        self.controls = Controls(latency_ms=self._default_latency_ms)
+        self.controls = Controls(**self._defaults.as_dict())
 
     def control(self, **settings: Any) -> dict[str, Any]:
         """Change global behaviour; a None or 0 ``fail_status`` turns global failures off."""
@@ -454,6 +493,15 @@ class FakeUpstream:
             raise ValueError("fail_rate must be within 0..1")
         if "fail_rate" in parsed and rate is None:
             parsed["fail_rate"] = 1.0
+        rpm = parsed.get("rpm")
+        if rpm is not None and rpm <= 0:  # 0 would refuse everything; say None to turn it off
+            raise ValueError("rpm must be a positive whole number (or null: no limit)")
+        if "rpm_window_s" in parsed:
+            window = parsed["rpm_window_s"]
+            if window is None:
+                parsed["rpm_window_s"] = RPM_WINDOW_S
+            elif not 0 < window <= RPM_WINDOW_S:
+                raise ValueError(f"rpm_window_s must be within (0, {RPM_WINDOW_S:g}]")
         for key, value in parsed.items():
             setattr(self.controls, key, value)
         return self.controls.as_dict()
@@ -465,14 +513,42 @@ class FakeUpstream:
         self._request_no += 1
         n = self._request_no
         stats.requests_total += 1
+        if stats.first_request_at is None:
+            stats.first_request_at = time.time()
         stats.by_path[request.path] = stats.by_path.get(request.path, 0) + 1
         stats.in_flight += 1
         if stats.in_flight > stats.max_in_flight:
             stats.max_in_flight = stats.in_flight
         try:
+            throttled = self._throttle(stats, n)
+            if throttled is not None:
+                return throttled
             return await self._answer(request, stats, n)
         finally:
             stats.in_flight -= 1
+            stats.last_answer_at = time.time()
+
+    def _throttle(self, stats: _Stats, n: int) -> web.Response | None:
+        """The RPM limiter in front of everything else: a 429 when the sliding window is full."""
+        controls = self.controls
+        if controls.rpm is None:
+            return None
+        now = time.monotonic()
+        window, admitted = controls.rpm_window_s, stats.admitted
+        while admitted and admitted[0] <= now - window:
+            admitted.popleft()
+        limit = controls.window_limit()
+        if len(admitted) < limit:
+            admitted.append(now)
+            return None
+        wait = max(1, math.ceil(admitted[-limit] + window - now))  # the oldest of the `limit` that fill it
+        per = "min" if window == RPM_WINDOW_S else f"{window:g}s"
+        message = (
+            f"Rate limit reached on requests per {per}: Limit {limit}, Used {len(admitted)}, "
+            f"Requested 1. Please try again in {wait}s."
+        )
+        headers = {"x-request-id": f"req_{n}", "Retry-After": str(wait)}
+        return self._json(stats, 429, _error_body(429, message), headers)
 
     async def _answer(self, request: web.Request, stats: _Stats, n: int) -> web.StreamResponse:
         raw = await request.read()
@@ -582,8 +658,8 @@ class FakeUpstream:
         return web.Response(body=_dumps({"ok": True}), content_type="application/json")
 
 
-async def _serve(host: str, port: int, latency_ms: float) -> None:
-    server = FakeUpstream(host, port, latency_ms)
+async def _serve(host: str, port: int, latency_ms: float, rpm: int | None, rpm_window_s: float) -> None:
+    server = FakeUpstream(host, port, latency_ms, rpm, rpm_window_s)
     await server.start()
     print(f"READY {server.port}", flush=True)
     done = asyncio.Event()
@@ -599,6 +675,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--rpm", type=int, default=None, help="answer 429 above N calls a minute (sliding window)")
+    parser.add_argument(
+        "--rpm-window-s", type=float, default=RPM_WINDOW_S, help="enforce --rpm over this window instead (N*W/60 calls)"
+    )
     args = parser.parse_args(argv)
     runner: Callable[[Awaitable[None]], None] = asyncio.run
     try:  # uvloop roughly halves the fake's CPU per request; it matters on 2 cores
@@ -607,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         pass
-    runner(_serve(args.host, args.port, args.latency_ms))
+    runner(_serve(args.host, args.port, args.latency_ms, args.rpm, args.rpm_window_s))
 
 
 if __name__ == "__main__":

@@ -257,10 +257,19 @@ def running_server(
 class FakeUpstreamProcess:
     """``tests/fake_upstream.py`` in a subprocess, with its control API wrapped."""
 
-    def __init__(self, latency_ms: float = 0.0, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        latency_ms: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        rpm: int | None = None,
+        rpm_window_s: float | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.latency_ms = latency_ms
+        self.rpm = rpm  # answer 429 above this many calls a minute (fake_upstream.py --rpm)
+        self.rpm_window_s = rpm_window_s  # None: the fake's default sliding window, 60 s
         self.proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._stderr_final = ""
@@ -279,6 +288,10 @@ class FakeUpstreamProcess:
             sys.executable, str(FAKE_UPSTREAM_SCRIPT),
             "--host", self.host, "--port", str(self.port), "--latency-ms", str(self.latency_ms),
         ]  # fmt: skip
+        if self.rpm is not None:
+            cmd += ["--rpm", str(self.rpm)]
+        if self.rpm_window_s is not None:
+            cmd += ["--rpm-window-s", str(self.rpm_window_s)]
         # A file, not a pipe: an unread pipe could fill up and block the child.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -314,7 +327,7 @@ class FakeUpstreamProcess:
         return self._http().get("/_stats").raise_for_status().json()
 
     def control(self, **settings: Any) -> dict[str, Any]:
-        """Global controls: latency_ms, fail_status, fail_rate, retry_after."""
+        """Global controls: latency_ms, fail_status, fail_rate, retry_after, rpm, rpm_window_s."""
         return self._http().post("/_control", json=settings).raise_for_status().json()
 
     def reset(self) -> None:

@@ -284,10 +284,59 @@ async def test_global_latency_control(client: httpx.AsyncClient, fake: FakeUpstr
 
 
 async def test_bad_control_is_rejected(client: httpx.AsyncClient, fake: FakeUpstream) -> None:
-    for payload in ({"nope": 1}, {"fail_rate": 2}, {"latency_ms": "soon"}):
+    bad = ({"nope": 1}, {"fail_rate": 2}, {"latency_ms": "soon"}, {"rpm": 0}, {"rpm_window_s": 0}, {"rpm": "x"})
+    for payload in bad:
         r = await client.post(fake.root_url + "/_control", json=payload)
         assert r.status_code == 400, payload
-    assert fake.controls.fail_rate == 1.0 and fake.controls.latency_ms == 0
+    assert fake.controls.fail_rate == 1.0 and fake.controls.latency_ms == 0 and fake.controls.rpm is None
+
+
+# -- RPM enforcement ---------------------------------------------------------------------------
+
+
+async def test_rpm_limit_answers_429_with_retry_after() -> None:
+    async with FakeUpstream(rpm=5) as fake, httpx.AsyncClient(base_url=fake.url, timeout=10) as c:
+        # The window counts every call, whatever its path, model or body.
+        for i in range(4):
+            assert (await c.post("/chat/completions", json=chat(str(i), model=f"m{i}"))).status_code == 200
+        assert (await c.post("/embeddings", json={"model": "e", "input": "x"})).status_code == 200
+        sixth = await c.post("/chat/completions", json=chat("one too many"))
+        assert sixth.status_code == 429
+        # Seconds until the oldest call leaves the 60 s window, rounded up: all five are just now.
+        assert 1 <= int(sixth.headers["retry-after"]) <= 60
+        error = sixth.json()["error"]
+        assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
+        assert "Limit 5" in error["message"]
+        assert sixth.headers["x-request-id"].startswith("req_")
+        # Refused calls take no place in the window: still refused, still counted.
+        assert (await c.post("/chat/completions", json=chat("again"))).status_code == 429
+        stats = fake.stats()
+        assert stats["by_status"] == {"200": 5, "429": 2} and stats["requests_total"] == 7
+        assert stats["first_request_at"] <= stats["last_answer_at"]
+
+
+async def test_rpm_window_slides_and_control_and_reset(client: httpx.AsyncClient, fake: FakeUpstream) -> None:
+    # 300 a minute over a 1 s window: 5 calls in any second.
+    r = await client.post(fake.root_url + "/_control", json={"rpm": 300, "rpm_window_s": 1})
+    assert r.json()["rpm"] == 300 and r.json()["rpm_window_s"] == 1
+    codes = [(await client.post("/chat/completions", json=chat(str(i)))).status_code for i in range(5)]
+    body = chat("@status:500:1")
+    refused = await client.post("/chat/completions", json=body)
+    assert codes == [200] * 5 and refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    # Once the oldest calls leave the window, calls pass again; the refused call was no attempt,
+    # so the body's directive still sees its first attempt.
+    deadline = time.monotonic() + 5
+    while (r := await client.post("/chat/completions", json=body)).status_code == 429:
+        assert time.monotonic() < deadline, "the window never slid"
+        await asyncio.sleep(0.05)
+    assert r.status_code == 500
+    assert fake.stats()["bodies_seen"] == 6 and fake.stats()["bodies_repeated"] == 0
+    await client.post(fake.root_url + "/_control", json={"rpm": None})
+    assert all([(await client.post("/chat/completions", json=chat("x"))).status_code == 200 for _ in range(8)])
+    await client.post(fake.root_url + "/_control", json={"rpm": 1})
+    await client.post(fake.root_url + "/_reset")  # back to the start-up controls: no limit
+    assert fake.controls.rpm is None and fake.controls.rpm_window_s == 60
+    assert [(await client.post("/chat/completions", json=chat("y"))).status_code for _ in range(3)] == [200] * 3
 
 
 # -- as a subprocess, through the harness and the official SDK --------------------------------
@@ -312,6 +361,20 @@ def test_subprocess_with_openai_sdk(upstream: FakeUpstreamProcess) -> None:
             sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "x"}])
     upstream.reset()
     assert upstream.stats()["requests_total"] == 0
+
+
+def test_subprocess_rpm_option() -> None:
+    with FakeUpstreamProcess(rpm=5) as proc, openai_client(proc.url) as sdk:
+        assert proc.control()["rpm"] == 5
+        for i in range(5):
+            sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": str(i)}])
+        with pytest.raises(openai.RateLimitError) as caught:
+            sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "6"}])
+        assert 1 <= int(caught.value.response.headers["retry-after"]) <= 60
+        assert proc.stats()["by_status"] == {"200": 5, "429": 1}
+        proc.reset()  # the window empties, the command-line limit stays
+        assert proc.control()["rpm"] == 5
+        sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "7"}])
 
 
 def test_subprocess_reports_its_port_and_stops() -> None:
