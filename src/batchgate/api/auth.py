@@ -9,7 +9,7 @@ import orjson
 from starlette.requests import Request
 
 from batchgate.errors import APIError, Forbidden, Unauthorized
-from batchgate.keys import hash_key, retry_after_header
+from batchgate.keys import KEY_PREFIX, hash_key, retry_after_header
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,11 @@ async def authenticate(request: Request) -> Principal:
                                       code="rate_limit_exceeded", headers={"Retry-After": retry_after_header(wait)})
             models = tuple(orjson.loads(row["models"])) if row["models"] else None
             return Principal(team_id=row["team_id"], is_admin=False, key_id=row["id"], models=models)
-    if admin_key is None:
+    if admin_key is None and (token is None or not token.startswith(KEY_PREFIX)):
         return ADMIN  # open local mode: only ever bound to loopback (checked at start-up)
     if token is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
+    # Also in open mode: a revoked or mistyped team key must not fall back to admin rights.
     raise Unauthorized("invalid API key", code="invalid_api_key")
 
 

@@ -131,6 +131,7 @@ async def create_batch(request: Request) -> JSON:
     }
     file_id = data.get("input_file_id")
     if file_id is None:  # an open batch: requests arrive through add-calls and start at once
+        await check_queue_quota(gateway, principal, 0)  # refuses a team or key over budget
         row.update(status="in_progress", in_progress_at=now, sealed=False, input_file_id=None,
                    endpoint="/v1/chat/completions")
     else:  # a sealed batch from an OpenAI-format JSONL file
@@ -139,6 +140,7 @@ async def create_batch(request: Request) -> JSON:
         file = await gateway.store.get_file(file_id, now, team_id=principal.team_id)
         if file is None:
             raise NotFound(f"no such file: {file_id!r}", param="input_file_id", code="file_not_found")
+        await check_queue_quota(gateway, principal, file["lines"] or 0)
         row.update(status="validating", sealed=True, input_file_id=file_id,
                    endpoint=await _first_endpoint(gateway, file_id))
     await gateway.store.insert_batch(row)

@@ -121,11 +121,11 @@ class Lifecycle:
                 if now >= batch["expires_at"]:
                     await self._stop_early(batch, "in_progress", "expired", "batch_expired",
                                            "the batch's completion window ended before this request ran")
+                elif batch["sealed"] and batch["completed"] + batch["failed"] >= batch["total"]:
+                    await self._complete(batch)  # an open (xAI) batch runs until cancelled or expired
                 elif reason := await budget_check.stop_reason(batch):
                     await self._stop_early(batch, "in_progress", "cancelled", "budget_exceeded",
                                            f"budget exceeded before this request ran: {reason}")
-                elif batch["sealed"] and batch["completed"] + batch["failed"] >= batch["total"]:
-                    await self._complete(batch)  # an open (xAI) batch runs until cancelled or expired
                 elif batch["total"] > batch["completed"] + batch["failed"]:
                     active.append(ActiveBatch(batch["id"], batch["model_override"] or batch["model"],
                                               batch["endpoint"], batch["input_file_id"], batch["expires_at"],
