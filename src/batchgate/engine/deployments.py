@@ -26,6 +26,7 @@ class Deployment:
     config: DeploymentConfig
     upstream: Upstream
     in_flight: int = 0  # calls on the wire; a request waiting out a retry backoff holds no slot
+    served: int = 0  # times chosen: breaks ties so idle traffic still follows the weights
     limits: DeploymentLimits = field(init=False)
 
     def __post_init__(self) -> None:
@@ -51,22 +52,29 @@ class ModelPool:
     model: ModelConfig
     deployments: list[Deployment] = field(default_factory=list)
 
+    def usable(self, only: str | None = None) -> list[Deployment]:
+        """The deployments requests may go to: those whose circuit is closed (or due a probe); when
+        every one is ejected, all of them, so requests fail or retry as usual instead of waiting."""
+        named = [d for d in self.deployments if only is None or d.name == only]
+        now = time.monotonic()
+        healthy = [d for d in named if d.limits.circuit.allows(now)]
+        return healthy or named
+
     def free_slots(self) -> int:
-        return sum(d.free for d in self.deployments)
+        return sum(d.free for d in self.usable())
 
     def pick(self, only: str | None = None) -> Deployment | None:
-        """The deployment with a free slot and the fewest requests in flight per unit of weight.
+        """A usable deployment with a free slot: fewest requests in flight per unit of weight, ties
+        broken by requests already served per unit of weight (weighted round robin when idle).
 
         `only` pins the choice to one deployment by name (TrueFoundry's x-tfy-provider-name).
         """
-        candidates = [d for d in self.deployments if d.free > 0 and (only is None or d.name == only)]
-        now = time.monotonic()
-        # A deployment whose circuit is open is skipped while another can serve; when none can,
-        # requests still go (and fail or retry as usual) rather than wait out the cooldown.
-        healthy = [d for d in candidates if d.limits.circuit.allows(now)]
+        candidates = [d for d in self.usable(only) if d.free > 0]
         if not candidates:
             return None
-        return min(healthy or candidates, key=lambda d: (d.in_flight + 1) / d.config.weight)
+        chosen = min(candidates, key=lambda d: (d.in_flight / d.config.weight, d.served / d.config.weight))
+        chosen.served += 1
+        return chosen
 
 
 def deployment_names(settings: Settings) -> dict[str, str]:

@@ -38,13 +38,17 @@ def luhn_valid(digits: str) -> bool:
 
 def redact_pii(text: str) -> str:
     text = EMAIL.sub("[REDACTED_EMAIL]", text)
+    kept: list[str] = []  # card-shaped numbers failing Luhn: not PII, and not to be read as phones
 
     def card(match: re.Match[str]) -> str:
         digits = re.sub(r"\D", "", match.group(0))
-        return "[REDACTED_CARD]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            return "[REDACTED_CARD]"
+        kept.append(match.group(0))
+        return f"\x00{len(kept) - 1}\x00"
 
-    text = CARD.sub(card, text)
-    return PHONE.sub("[REDACTED_PHONE]", text)
+    text = PHONE.sub("[REDACTED_PHONE]", CARD.sub(card, text))
+    return re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], text)
 
 
 def map_texts(value: Any, change: Callable[[str], str], keys: tuple[str, ...]) -> Any:
