@@ -60,6 +60,11 @@ class ModelPool:
         healthy = [d for d in named if d.limits.circuit.allows(now)]
         return healthy or named
 
+    def pause_ends_in(self, now: float) -> float | None:
+        """Seconds until the first paused (Retry-After) usable deployment may be used again."""
+        ends = [d.limits.paused_until - now for d in self.usable() if d.limits.paused_until > now]
+        return min(ends) if ends else None
+
     def free_slots(self) -> int:
         return sum(d.free for d in self.usable())
 

@@ -251,6 +251,8 @@ class Dispatcher:
             deployment = pool.pick(item.batch.pinned_deployment)
             if deployment is None:
                 waiting.append(item)
+                if (pause := pool.pause_ends_in(now)) is not None:
+                    self._wake_later(pause)  # resume the moment a Retry-After pause ends
                 if item.batch.pinned_deployment is None or pool.free_slots() == 0:
                     break
                 continue
@@ -312,7 +314,10 @@ class Dispatcher:
             while True:
                 now = time.monotonic()
                 deployment = pool.pick(pinned)
-                delay = deployment.limits.wait_for(tokens, now) if deployment else POLL_SLOT_S
+                if deployment is not None:
+                    delay = deployment.limits.wait_for(tokens, now)
+                else:
+                    delay = min(POLL_SLOT_S, pool.pause_ends_in(now) or POLL_SLOT_S)
                 if deployment is not None and delay == 0:
                     self._acquire(deployment, tokens, now)
                     return deployment

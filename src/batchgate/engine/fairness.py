@@ -14,15 +14,14 @@ import heapq
 class FairShare:
     def __init__(self) -> None:
         self._pass: dict[str, float] = {}
+        self._vtime = 0.0  # the smallest pass among the teams served last time
 
     def allocate(self, weights: dict[str, float], units: int) -> dict[str, int]:
         """Split `units` slots between the teams in `weights` (team -> weight > 0)."""
         if not weights or units <= 0:
             return {}
-        known = [self._pass[t] for t in weights if t in self._pass]
-        floor = min(known) if known else 0.0
-        for team in weights:
-            self._pass[team] = max(self._pass.get(team, floor), floor)
+        for team in weights:  # newcomers and returning teams start at the current virtual time
+            self._pass[team] = max(self._pass.get(team, self._vtime), self._vtime)
         allocation = dict.fromkeys(weights, 0)
         heap = [(self._pass[t], t) for t in weights]
         heapq.heapify(heap)
@@ -32,9 +31,11 @@ class FairShare:
             value += 1.0 / weights[team]
             self._pass[team] = value
             heapq.heappush(heap, (value, team))
+        self._vtime = min(self._pass[t] for t in weights)
         return allocation
 
     def refund(self, team: str, units: int, weight: float) -> None:
         """Give back slots a team was allocated but had no work for."""
         if units > 0 and team in self._pass:
             self._pass[team] -= units / weight
+            self._vtime = min(self._vtime, self._pass[team])

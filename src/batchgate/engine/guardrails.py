@@ -38,17 +38,25 @@ def luhn_valid(digits: str) -> bool:
 
 def redact_pii(text: str) -> str:
     text = EMAIL.sub("[REDACTED_EMAIL]", text)
-    kept: list[str] = []  # card-shaped numbers failing Luhn: not PII, and not to be read as phones
 
     def card(match: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", match.group(0))
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return "[REDACTED_CARD]"
-        kept.append(match.group(0))
-        return f"\x00{len(kept) - 1}\x00"
+        return "[REDACTED_CARD]" if _is_card(match.group(0)) else match.group(0)
 
-    text = PHONE.sub("[REDACTED_PHONE]", CARD.sub(card, text))
-    return re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], text)
+    text = CARD.sub(card, text)
+    # Card-shaped numbers that fail Luhn are not PII, and must not be half-read as phone numbers.
+    kept = [m.span() for m in CARD.finditer(text)]
+
+    def phone(match: re.Match[str]) -> str:
+        start, end = match.span()
+        inside = any(s < end and start < e for s, e in kept)
+        return match.group(0) if inside else "[REDACTED_PHONE]"
+
+    return PHONE.sub(phone, text)
+
+
+def _is_card(candidate: str) -> bool:
+    digits = re.sub(r"\D", "", candidate)
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
 
 
 def map_texts(value: Any, change: Callable[[str], str], keys: tuple[str, ...]) -> Any:

@@ -11,6 +11,7 @@ from batchgate.config import DeploymentConfig
 
 AIMD_DECREASE = 0.5  # multiply the window by this on a 429
 AIMD_DECREASE_EVERY_S = 1.0  # one cut per second: a burst of 429s from one window is one signal
+RATE_MARGIN = 0.98  # pace RPM/TPM a little under the configured limit: timing jitter must not cross it
 
 
 @dataclass
@@ -36,7 +37,8 @@ class TokenBucket:
         """Seconds until `amount` could be taken (0: now)."""
         self._refill(now)
         needed = min(amount, self.capacity)
-        return 0.0 if self.tokens >= needed else (needed - self.tokens) / self.rate
+        shortfall = needed - self.tokens
+        return 0.0 if shortfall <= 1e-9 else shortfall / self.rate  # float dust is not a wait
 
     def take(self, amount: float, now: float) -> None:
         self._refill(now)
@@ -83,8 +85,8 @@ class DeploymentLimits:
     def __init__(self, config: DeploymentConfig) -> None:
         self.max_concurrency = config.max_concurrency
         self.window = float(config.max_concurrency)  # AIMD: the concurrency allowed right now
-        self.rpm = TokenBucket(config.rpm / 60.0, 1.0) if config.rpm else None
-        self.tpm = TokenBucket(config.tpm / 60.0, config.tpm / 60.0) if config.tpm else None
+        self.rpm = TokenBucket(RATE_MARGIN * config.rpm / 60.0, 1.0) if config.rpm else None
+        self.tpm = TokenBucket(RATE_MARGIN * config.tpm / 60.0, config.tpm / 60.0) if config.tpm else None
         self.paused_until = 0.0
         self._last_decrease = -math.inf
         self.circuit = CircuitBreaker(config.circuit_failures, config.circuit_cooldown_s)
