@@ -89,16 +89,20 @@ async def _run(settings: Settings, input_path: Path, output: Path, errors: Path,
                fingerprint: dict, previous: dict | None, console: Console) -> int:
     done = asyncio.Event()
     async with open_gateway(settings, on_batch_done=lambda _id: done.set()) as gateway:
-        batch_id = previous["batch_id"] if previous else await _start(gateway, input_path, model)
+        # The id is recorded before the batch exists, so a crash in between never leaves a second,
+        # unexported batch behind: the next run finds the id and creates the batch then.
+        batch_id = previous["batch_id"] if previous else ids.batch_id()
         if not previous:
             (state / STATE_FILE).write_text(json.dumps({**fingerprint, "batch_id": batch_id}))
+        if await gateway.store.get_batch(batch_id) is None:
+            await _start(gateway, input_path, model, batch_id)
         else:
             console.print(f"resuming {batch_id} from {state}")
         batch = await _follow(gateway, batch_id, done, console)
         return await _export(gateway, batch, output, errors, console)
 
 
-async def _start(gateway: Gateway, input_path: Path, model: str | None) -> str:
+async def _start(gateway: Gateway, input_path: Path, model: str | None, batch_id: str) -> None:
     file_id = ids.file_id()
     writer = await gateway.blobs.writer(file_id)
     with open(input_path, "rb") as fh:
@@ -112,9 +116,9 @@ async def _start(gateway: Gateway, input_path: Path, model: str | None) -> str:
     })
     params = BatchParams(file_id, _endpoint_of(input_path), OFFLINE_WINDOW, 366 * 86400, None, None)
     row = new_batch_row(params, team_id=None, now=now, model_override=model)
+    row["id"] = batch_id
     await gateway.store.insert_batch(row)
     gateway.notify()
-    return row["id"]
 
 
 async def _follow(gateway: Gateway, batch_id: str, done: asyncio.Event, console: Console) -> Row:

@@ -42,7 +42,7 @@ def _expiry_seconds(fields: dict[str, str], purpose: str) -> int | None:
     if anchor != "created_at":
         raise InvalidRequest("expires_after[anchor] must be 'created_at'", param="expires_after[anchor]",
                              code="invalid_parameter")
-    if seconds is None or not seconds.isdigit() or not MIN_EXPIRY_S <= int(seconds) <= MAX_EXPIRY_S:
+    if seconds is None or not re.fullmatch(r"[0-9]{1,10}", seconds) or not MIN_EXPIRY_S <= int(seconds) <= MAX_EXPIRY_S:
         raise InvalidRequest(f"expires_after[seconds] must be an integer between {MIN_EXPIRY_S} and {MAX_EXPIRY_S}",
                              param="expires_after[seconds]", code="invalid_parameter")
     return int(seconds)

@@ -29,7 +29,7 @@ class Upload:
 
 class _Part:
     def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, bytes] = {}
         self.name: str | None = None
         self.filename: str | None = None
         self.value = bytearray()
@@ -89,9 +89,9 @@ async def read_multipart(request: Request, file_field: str, open_writer: Callabl
                     part = _Part()
                 elif kind == "header" and part is not None:
                     name, _, value = data.partition(b"\0")
-                    part.headers[name.decode("latin-1").lower()] = value.decode("utf-8", errors="replace")
+                    part.headers[name.decode("latin-1").lower()] = value  # raw bytes: names may be UTF-8
                 elif kind == "headers_done" and part is not None:
-                    _, options = parse_options_header(part.headers.get("content-disposition", ""))
+                    _, options = parse_options_header(part.headers.get("content-disposition", b""))
                     part.name = options.get(b"name", b"").decode("utf-8", errors="replace")
                     raw_filename = options.get(b"filename")
                     if part.name == file_field:

@@ -106,7 +106,7 @@ def decode_token(request: Request, kind: type) -> Any:
         value = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))["after"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         value = None
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and not 0 <= value < 2**63):
         raise InvalidRequest("invalid pagination_token", param="pagination_token", code="invalid_parameter")
     return value
 
@@ -140,6 +140,9 @@ async def create_batch(request: Request) -> JSON:
         file = await gateway.store.get_file(file_id, now, team_id=principal.team_id)
         if file is None:
             raise NotFound(f"no such file: {file_id!r}", param="input_file_id", code="file_not_found")
+        if file["purpose"] != "batch":
+            raise InvalidRequest(f"file {file_id} has purpose {file['purpose']!r}; a batch input needs 'batch'",
+                                 param="input_file_id", code="invalid_file_purpose")
         await check_queue_quota(gateway, principal, file["lines"] or 0)
         row.update(status="validating", sealed=True, input_file_id=file_id,
                    endpoint=await _first_endpoint(gateway, file_id))

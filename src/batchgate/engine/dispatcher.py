@@ -170,7 +170,14 @@ class Dispatcher:
             if want <= 0:
                 continue
             for batch, claimed in await self._claim_fairly(model, batches, want):
-                for request, line in await self._read_bodies(batch, claimed):
+                try:
+                    bodies = await self._read_bodies(batch, claimed)
+                except Exception:
+                    # Hand the rows straight back: a lease we keep renewing would strand them.
+                    log.exception("reading %d request bodies of %s failed; re-queued", len(claimed), batch.id)
+                    await self._store.release_rows(batch.id, [c.line_no for c in claimed])
+                    continue
+                for request, line in bodies:
                     item = self._guarded(_parse(batch, request, line))
                     if item is not None:
                         ready.append(item)
@@ -230,11 +237,13 @@ class Dispatcher:
         if not self._guardrails or item.body is None:
             return item
         try:
-            item.body = self._guardrails.check_input(item.batch.model, item.batch.key_id, item.endpoint, item.body)
+            guarded = self._guardrails.check_input(item.batch.model, item.batch.key_id, item.endpoint, item.body)
         except Blocked as blocked:
             self._finish(item.batch, item.request, UpstreamReply(None, error_code="guardrail_blocked",
                                                                  error_message=str(blocked)))
             return None
+        if guarded is not item.body:  # changed (clamped, redacted): budget TPM for what is really sent
+            item.body, item.tokens = guarded, estimate_tokens(orjson.dumps(guarded), guarded)
         return item
 
     def _start_ready(self, pool: ModelPool, ready: deque[_Ready]) -> None:
@@ -335,6 +344,14 @@ class Dispatcher:
         self._wake.set()
 
     async def _execute(self, item: _Ready, deployment: Deployment | None) -> None:
+        try:
+            await self._attempts(item, deployment)
+        except Exception as exc:  # a bug must end the request visibly, never strand its row
+            log.exception("request %s/%s failed inside the gateway", item.batch.id, item.request.custom_id)
+            self._finish(item.batch, item.request, UpstreamReply(
+                None, error_code="internal_error", error_message=f"gateway error: {type(exc).__name__}: {exc}"))
+
+    async def _attempts(self, item: _Ready, deployment: Deployment | None) -> None:
         """One request to its end: retries with backoff on its model (any of its deployments),
         then on each fallback model in turn; the last answer is the result."""
         batch, reply = item.batch, None
@@ -395,12 +412,13 @@ def _succeeded(reply: UpstreamReply) -> bool:
 
 
 def _json_text(body: bytes | None) -> tuple[str | None, Any]:
-    """The body as JSON text for the output file; a non-JSON answer (an HTML 502 page) becomes a string."""
+    """The body as compact JSON text (one output line, however the upstream indented it); a non-JSON
+    answer (an HTML 502 page) becomes a JSON string."""
     if body is None:
         return None, None
     try:
         parsed = orjson.loads(body)
-        return body.decode("utf-8"), parsed
+        return orjson.dumps(parsed).decode(), parsed
     except (orjson.JSONDecodeError, UnicodeDecodeError):
         text = body.decode("utf-8", errors="replace")
         return orjson.dumps(text).decode(), text

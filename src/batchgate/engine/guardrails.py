@@ -79,7 +79,7 @@ def change_all(value: Any, change: Callable[[str], str]) -> Any:
     return value
 
 
-INPUT_KEYS = ("content", "prompt", "input", "text", "instructions", "system")
+INPUT_KEYS = ("content", "prompt", "input", "text", "instructions", "system", "arguments")  # arguments: tool calls
 OUTPUT_KEYS = ("content", "text", "output_text")
 
 

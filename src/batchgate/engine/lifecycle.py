@@ -124,8 +124,11 @@ class Lifecycle:
                 elif batch["sealed"] and batch["completed"] + batch["failed"] >= batch["total"]:
                     await self._complete(batch)  # an open (xAI) batch runs until cancelled or expired
                 elif reason := await budget_check.stop_reason(batch):
-                    await self._stop_early(batch, "in_progress", "cancelled", "budget_exceeded",
-                                           f"budget exceeded before this request ran: {reason}")
+                    # Leave in_progress first: from then on no add-call can slip a request in.
+                    if await self._store.transition(batch["id"], ["in_progress"], "cancelling",
+                                                    cancelling_at=int(now)):
+                        await self._stop_early(batch, "cancelling", "cancelled", "budget_exceeded",
+                                               f"budget exceeded before this request ran: {reason}")
                 elif batch["total"] > batch["completed"] + batch["failed"]:
                     active.append(ActiveBatch(batch["id"], batch["model_override"] or batch["model"],
                                               batch["endpoint"], batch["input_file_id"], batch["expires_at"],
@@ -154,6 +157,9 @@ class Lifecycle:
 
     async def _validate(self, batch: Row) -> None:
         batch_id = batch["id"]
+        current = await self._store.get_batch(batch_id)
+        if current is None or current["status"] != "validating":
+            return  # the tick's snapshot was stale: validated (or cancelled) meanwhile
         await self._store.delete_requests(batch_id)  # a validation cut short by a crash starts over
         file = await self._store.get_file(batch["input_file_id"], int(time.time()))
         if file is None:
@@ -276,9 +282,6 @@ class Lifecycle:
         if released:
             log.warning("re-queued %d requests whose worker stopped renewing its lease", released)
             self._dispatcher.wake()
-        in_use = await self._store.input_files_in_use()
         for file_id in await self._store.expired_file_ids(int(now)):
-            if file_id in in_use:
-                continue  # an active batch still reads it; it goes once the batch ends
             await self._blobs.delete(file_id)
             await self._store.delete_file(file_id)

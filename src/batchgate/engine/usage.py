@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+MAX_TOKENS_PER_REQUEST = 2**31 - 1  # an upstream's absurd count must not overflow a column
+
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return 0
+    return min(value, MAX_TOKENS_PER_REQUEST)
 
 
 def extract_usage(body: Any) -> tuple[int, int, int, int]:

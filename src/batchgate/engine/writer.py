@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from batchgate.aio import wait_for_event
 from batchgate.store.queries import FinishedRequest, Store
@@ -48,13 +49,29 @@ class ResultWriter:
         try:
             await self._store.store_results(batch)
         except Exception:
-            # Keep the results for the next flush: losing them would make their requests run again.
-            log.exception("storing %d results failed; retrying on the next flush", len(batch))
-            self._buffer[:0] = batch
-            await asyncio.sleep(self._interval_s)
-            return
+            log.exception("storing %d results failed; storing them one by one", len(batch))
+            unstored = [f for f in batch if not await self._store_alone(f)]
+            if unstored:
+                # The database itself is failing: keep them for the next flush, since losing them
+                # would make their requests run again.
+                self._buffer[:0] = unstored
+                await asyncio.sleep(self._interval_s)
         if self._on_flushed:
             self._on_flushed()
+
+    async def _store_alone(self, finished: FinishedRequest) -> bool:
+        """One result on its own; one that cannot be stored as it is (a poison answer) is stored as an
+        error, so it never blocks the results behind it."""
+        for attempt in (finished, replace(finished, ok=False, body=None, error_code="result_unstorable",
+                                          error_message="the upstream's answer could not be stored",
+                                          status_code=None, input_tokens=0, cached_tokens=0, output_tokens=0,
+                                          reasoning_tokens=0)):
+            try:
+                await self._store.store_results([attempt])
+                return True
+            except Exception:
+                log.exception("storing the result of %s line %d failed", finished.batch_id, finished.line_no)
+        return False
 
     async def stop(self) -> None:
         self._stopping = True

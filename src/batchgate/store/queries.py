@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -204,7 +205,10 @@ class Store:
             return (await conn.execute(delete(files).where(files.c.id == file_id))).rowcount > 0
 
     async def expired_file_ids(self, now: int, limit: int = 500) -> list[str]:
-        query = select(files.c.id).where(files.c.expires_at <= now).limit(limit)
+        """Expired files no unfinished batch still reads."""
+        in_use = select(batches.c.input_file_id).where(batches.c.status.in_(ACTIVE_STATUSES),
+                                                       batches.c.input_file_id.is_not(None))
+        query = select(files.c.id).where(files.c.expires_at <= now, files.c.id.not_in(in_use)).limit(limit)
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).scalars())
 
@@ -294,6 +298,17 @@ class Store:
         async with self.engine.begin() as conn:
             rows = (await conn.execute(statement, params)).all()
         return [ClaimedRequest(batch_id, r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def release_rows(self, batch_id: str, line_nos: list[int]) -> None:
+        """Put claimed rows back in the queue (their bodies could not be read this time)."""
+        async with self.engine.begin() as conn:
+            for chunk in _chunks(line_nos, 500):
+                await conn.execute(
+                    update(requests)
+                    .where(requests.c.batch_id == batch_id, requests.c.line_no.in_(chunk),
+                           requests.c.state == "running")
+                    .values(state="pending", lease_owner=None, lease_until=None)
+                )
 
     async def extend_leases(self, owner: str, lease_until: float) -> None:
         statement = (
@@ -458,11 +473,13 @@ class Store:
         """
         lock = self.dialect == "postgresql"
         async with self.engine.begin() as conn:
-            query = select(batches.c.status, batches.c.sealed, batches.c.total, batches.c.model).where(
+            query = select(batches.c.status, batches.c.sealed, batches.c.total, batches.c.model,
+                           batches.c.expires_at).where(
                 batches.c.id == batch_id)
             batch = (await conn.execute(query.with_for_update() if lock else query)).first()
-            if batch is None or batch.sealed or batch.status != "in_progress":
-                raise BatchClosed(batch.status if batch else "missing", bool(batch and batch.sealed))
+            if batch is None or batch.sealed or batch.status != "in_progress" or batch.expires_at <= time.time():
+                status = "expired" if batch is not None and batch.status == "in_progress" else None
+                raise BatchClosed(status or (batch.status if batch else "missing"), bool(batch and batch.sealed))
             if batch.model is not None and batch.model != model:
                 raise MismatchedModel(batch.model)
             if batch.total + len(rows) > max_total:
