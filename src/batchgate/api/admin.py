@@ -134,7 +134,8 @@ async def usage(request: Request) -> JSON:
     if since is not None and not since.isdigit():
         raise InvalidRequest("'since' must be a Unix timestamp in seconds", param="since", code="invalid_parameter")
     rows = await gateway.store.usage(team_id=team_id, key_id=request.query_params.get("key") or None,
-                                     since=int(since) if since else None)
+                                     since=int(since) if since else None,
+                                     batch_id=request.query_params.get("batch") or None)
     data = []
     for r in rows:
         cost = cost_usd(gateway.settings, r["model"], r["input_tokens"], r["output_tokens"])

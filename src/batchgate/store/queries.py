@@ -156,7 +156,8 @@ class Store:
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one()) + int((await conn.execute(validating)).scalar_one())
 
-    async def usage(self, *, team_id: str | None, key_id: str | None, since: int | None) -> list[Row]:
+    async def usage(self, *, team_id: str | None, key_id: str | None, since: int | None,
+                    batch_id: str | None = None) -> list[Row]:
         """Requests and tokens per team, key and model, from the batches' live counters."""
         query = (
             select(batches.c.team_id, teams.c.name.label("team"), batches.c.create_api_key_id.label("key_id"),
@@ -174,6 +175,8 @@ class Store:
             query = query.where(batches.c.create_api_key_id == key_id)
         if since is not None:
             query = query.where(batches.c.created_at >= since)
+        if batch_id is not None:
+            query = query.where(batches.c.id == batch_id)
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).mappings())
 
