@@ -29,6 +29,9 @@ test: install lint
 bench: install
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/large_file.py
+	$(BIN)/python bench/http_clients.py
+	$(BIN)/python bench/fair_share.py
+	$(BIN)/python bench/rate_limits.py
 
 clean:
 	rm -rf $(VENV) .batchgate .pytest_cache .ruff_cache
