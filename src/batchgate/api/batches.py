@@ -31,13 +31,7 @@ async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *
     if header_metadata:  # TrueFoundry's x-tfy-metadata: header keys win, the key limit applies after
         params = replace(params, metadata=parse_metadata({**(params.metadata or {}), **header_metadata},
                                                                 param=truefoundry.METADATA_HEADER))
-    file = await gateway.store.get_file(params.input_file_id, int(time.time()), team_id=principal.team_id)
-    if file is None:
-        raise NotFound(f"no such file: {params.input_file_id!r}", param="input_file_id", code="file_not_found")
-    if file["purpose"] != "batch":
-        raise InvalidRequest(f"file {file['id']} has purpose {file['purpose']!r}; a batch input needs 'batch'",
-                             param="input_file_id", code="invalid_file_purpose")
-    await check_queue_quota(gateway, principal, file["lines"] or 0)
+    file = await batch_input_file(gateway, principal, params.input_file_id)
     row = new_batch_row(params, team_id=principal.team_id, now=int(time.time()))
     row.update(job_name=job_name, pinned_deployment=pinned_deployment or file["provider_name"],
                create_api_key_id=principal.key_id,
@@ -47,6 +41,18 @@ async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *
     stored = await gateway.store.get_batch(row["id"])
     assert stored is not None
     return stored
+
+
+async def batch_input_file(gateway: Gateway, principal: Principal, file_id: str) -> Row:
+    """The caller's input file for a new batch, once its purpose, the team's queue cap and budgets allow it."""
+    file = await gateway.store.get_file(file_id, int(time.time()), team_id=principal.team_id)
+    if file is None:
+        raise NotFound(f"no such file: {file_id!r}", param="input_file_id", code="file_not_found")
+    if file["purpose"] != "batch":
+        raise InvalidRequest(f"file {file['id']} has purpose {file['purpose']!r}; a batch input needs 'batch'",
+                             param="input_file_id", code="invalid_file_purpose")
+    await check_queue_quota(gateway, principal, file["lines"] or 0)
+    return file
 
 
 async def check_queue_quota(gateway: Gateway, principal: Principal, adding: int) -> None:

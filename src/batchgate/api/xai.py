@@ -19,12 +19,12 @@ from starlette.routing import Route
 
 from batchgate import ids
 from batchgate.api.auth import authenticate
-from batchgate.api.batches import check_queue_quota, request_cancel, visible_batch
+from batchgate.api.batches import batch_input_file, check_queue_quota, request_cancel, visible_batch
 from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
 from batchgate.batch_params import SERVED_ENDPOINTS
 from batchgate.config import Settings
-from batchgate.errors import APIError, Conflict, InvalidRequest, NotFound
+from batchgate.errors import APIError, Conflict, InvalidRequest
 from batchgate.gateway import Gateway
 from batchgate.pricing import cost_ticks
 from batchgate.store.queries import BatchClosed, BatchFull, DuplicateRequestIds, MismatchedModel, Row
@@ -137,13 +137,7 @@ async def create_batch(request: Request) -> JSON:
     else:  # a sealed batch from an OpenAI-format JSONL file
         if not isinstance(file_id, str):
             raise InvalidRequest("'input_file_id' must be a string", param="input_file_id", code="invalid_parameter")
-        file = await gateway.store.get_file(file_id, now, team_id=principal.team_id)
-        if file is None:
-            raise NotFound(f"no such file: {file_id!r}", param="input_file_id", code="file_not_found")
-        if file["purpose"] != "batch":
-            raise InvalidRequest(f"file {file_id} has purpose {file['purpose']!r}; a batch input needs 'batch'",
-                                 param="input_file_id", code="invalid_file_purpose")
-        await check_queue_quota(gateway, principal, file["lines"] or 0)
+        await batch_input_file(gateway, principal, file_id)
         row.update(status="validating", sealed=True, input_file_id=file_id,
                    endpoint=await _first_endpoint(gateway, file_id))
     await gateway.store.insert_batch(row)
