@@ -124,11 +124,10 @@ class Lifecycle:
                 elif batch["sealed"] and batch["completed"] + batch["failed"] >= batch["total"]:
                     await self._complete(batch)  # an open (xAI) batch runs until cancelled or expired
                 elif reason := await budget_check.stop_reason(batch):
-                    # Leave in_progress first: from then on no add-call can slip a request in.
-                    if await self._store.transition(batch["id"], ["in_progress"], "cancelling",
-                                                    cancelling_at=int(now)):
-                        await self._stop_early(batch, "cancelling", "cancelled", "budget_exceeded",
-                                               f"budget exceeded before this request ran: {reason}")
+                    await self._stop_by_gateway(batch, "budget_exceeded",
+                                                f"budget exceeded before this request ran: {reason}")
+                elif reason := self._unservable(batch):
+                    await self._stop_by_gateway(batch, "model_not_found", reason)
                 elif batch["total"] > batch["completed"] + batch["failed"]:
                     active.append(ActiveBatch(batch["id"], batch["model_override"] or batch["model"],
                                               batch["endpoint"], batch["input_file_id"], batch["expires_at"],
@@ -229,6 +228,22 @@ class Lifecycle:
         await self._stop_early(batch, "cancelling", "cancelled", "batch_cancelled",
                                "the batch was cancelled before this request finished")
 
+    def _unservable(self, batch: Row) -> str | None:
+        """Why the current config can no longer run this batch (it was created under another one)."""
+        model = batch["model_override"] or batch["model"]
+        if model is not None and self._settings.model(model) is None:
+            return f"model {model!r} is no longer configured on this gateway"
+        pinned = batch["pinned_deployment"]
+        if pinned and pinned not in self._deployment_models:
+            return f"deployment {pinned!r} (x-tfy-provider-name) is no longer configured on this gateway"
+        return None
+
+    async def _stop_by_gateway(self, batch: Row, code: str, message: str) -> None:
+        """The gateway ends a running batch (budget, config): finished results kept, the rest `code`."""
+        # Leave in_progress first: from then on no add-call can slip a request in.
+        if await self._store.transition(batch["id"], ["in_progress"], "cancelling", cancelling_at=int(time.time())):
+            await self._stop_early(batch, "cancelling", "cancelled", code, message)
+
     async def _stop_early(self, batch: Row, from_status: str, to_status: str, code: str, message: str) -> None:
         """Expiry and cancellation: keep every finished result, end the rest with `code`."""
         self._dispatcher.cancel_batch(batch["id"])
@@ -239,7 +254,7 @@ class Lifecycle:
             return
         stamp = {"expired": "expired_at", "cancelled": "cancelled_at"}[to_status]
         extra: dict[str, Any] = {stamp: int(time.time())}
-        if code == "budget_exceeded":
+        if code in ("budget_exceeded", "model_not_found"):  # the gateway's decision: say why on the batch
             extra["cancel_message"] = message
         await self._write_files_and_finish(fresh, from_status, to_status, **extra)
 
