@@ -127,6 +127,10 @@ class LocalBlobStore:
         if not await asyncio.to_thread(os.access, self.root, os.W_OK):
             raise OSError(f"blob directory {self.root} is not writable")
 
+    def committed_keys(self) -> list[str]:
+        """Every committed blob (temporary parts excluded)."""
+        return [p.name for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")]
+
     def remove_stale_parts(self) -> int:
         """Delete temporary files left by a crash mid-write; called once at start-up."""
         removed = 0

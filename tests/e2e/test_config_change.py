@@ -30,3 +30,17 @@ def test_a_batch_whose_model_left_the_config_is_cancelled_with_model_not_found(
         assert len(out) == counts.completed
         assert {line["error"]["code"] for line in err.values()} == {"model_not_found"}
         assert all("no longer configured" in line["error"]["message"] for line in err.values())
+
+
+def test_restart_sweeps_blobs_a_crash_left_without_a_row(upstream: FakeUpstreamProcess, make_server) -> None:
+    config = {"models": [upstream_model_config(upstream.url)], "engine": dict(ENGINE)}
+    server = make_server(config)
+    with openai_client(server) as client:
+        kept = client.files.create(file=("kept.jsonl", b'{"a": 1}\n'), purpose="batch")
+    files_dir = server.workdir / ".batchgate" / "files"
+    (files_dir / "file-orphan-from-a-crash").write_bytes(b"half an upload")
+    server.kill()
+    resumed = make_server(config, workdir=server.workdir, port=server.port)
+    assert sorted(p.name for p in files_dir.iterdir()) == [kept.id]
+    with openai_client(resumed) as client:
+        assert client.files.content(kept.id).content == b'{"a": 1}\n'

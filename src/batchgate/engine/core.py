@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 
 from batchgate import ids
-from batchgate.blobs import BlobStore
+from batchgate.blobs import BlobStore, LocalBlobStore
 from batchgate.config import Settings
 from batchgate.engine.deployments import build_pools, close_pools
 from batchgate.engine.dispatcher import Dispatcher
@@ -26,6 +26,7 @@ class Engine:
                  on_batch_done: Callable[[str], None] | None = None) -> None:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-6:]}"
         self._store = store
+        self._blobs = blobs
         self._single_node = single_node
         self.pools = build_pools(settings)
         self.writer = ResultWriter(store, settings.engine.flush_interval_s, settings.engine.flush_max_results,
@@ -50,11 +51,24 @@ class Engine:
             released = await self._store.release_all_leases()
             if released:
                 log.warning("re-queued %d requests that were in flight when the last run stopped", released)
+            await self._sweep_orphan_blobs()
         self.writer.start()
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(self.lifecycle.run(), name="lifecycle"),
         ]
+
+    async def _sweep_orphan_blobs(self) -> None:
+        """Blobs a crash left without a row (between a blob's commit and its row's insert, or files
+        written by a finalisation that never committed). Only on one node: nothing else writes now."""
+        if not isinstance(self._blobs, LocalBlobStore):
+            return
+        referenced = await self._store.referenced_blob_keys()
+        orphans = [key for key in self._blobs.committed_keys() if key not in referenced]
+        for key in orphans:
+            await self._blobs.delete(key)
+        if orphans:
+            log.warning("deleted %d blobs left behind by an earlier crash", len(orphans))
 
     async def stop(self) -> None:
         """Stop claiming, abandon in-flight calls, store what finished and hand the rest back."""

@@ -420,6 +420,14 @@ class Store:
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).mappings())
 
+    async def referenced_blob_keys(self) -> set[str]:
+        """Blobs something points at: file rows and the segments of requests added to open batches."""
+        async with self.engine.connect() as conn:
+            keys = set((await conn.execute(select(files.c.id))).scalars())
+            keys |= set((await conn.execute(select(requests.c.blob_key).where(
+                requests.c.blob_key.is_not(None)).distinct())).scalars())
+        return keys
+
     async def segment_keys(self, batch_id: str) -> list[str]:
         """Blobs holding requests added to an open batch (not its input file)."""
         query = select(requests.c.blob_key).where(requests.c.batch_id == batch_id,
