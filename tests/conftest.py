@@ -14,6 +14,7 @@ from tests.harness import (
     base_config,
     upstream_model_config,
 )
+from tests.s3 import MotoS3Process
 
 __all__ = ["base_config", "upstream_model_config"]  # re-exported for convenience
 
@@ -36,6 +37,16 @@ def fake_upstream() -> Iterator[FakeUpstreamProcess]:
         yield upstream
     finally:
         upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[MotoS3Process]:
+    """moto's S3 server on loopback with an empty test bucket, for the whole session."""
+    server = MotoS3Process().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -30,7 +30,12 @@ class Gateway:
 
 def open_blobs(url: str) -> BlobStore:
     if url.startswith("s3://"):
-        raise ConfigError("storage.files: S3 storage is not available in this version; use a local directory")
+        from batchgate.blobs_s3 import S3BlobStore
+
+        try:
+            return S3BlobStore(url)
+        except Exception as exc:  # obstore reports bad URLs and settings as plain exceptions
+            raise ConfigError(f"storage.files: cannot use {url!r}: {exc}") from exc
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(f"storage.files: unsupported URL {url!r}; use a directory path")
     store = LocalBlobStore(url.removeprefix("file://"))
