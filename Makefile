@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff check src tests bench
 
 test: install lint
+	bash scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from tests.harness import (
     base_config,
     upstream_model_config,
 )
+from tests.postgres import PostgresCluster
 from tests.s3 import MotoS3Process
 
 __all__ = ["base_config", "upstream_model_config"]  # re-exported for convenience
@@ -47,6 +50,21 @@ def s3() -> Iterator[MotoS3Process]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """The local PostgreSQL cluster, started for the session (and stopped if we started it)."""
+    try:
+        cluster = PostgresCluster().start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        if os.environ.get("CI"):
+            raise  # CI installs PostgreSQL (make test → scripts/ensure-postgres.sh): a skip would hide a gap
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -138,7 +138,7 @@ class Lifecycle:
             elif status == "cancelling":
                 await self._cancel(batch)
         self._dispatcher.set_active(active)
-        if now - self._last_housekeeping >= HOUSEKEEPING_EVERY_S:
+        if now - self._last_housekeeping >= min(HOUSEKEEPING_EVERY_S, self._settings.engine.lease_s / 3):
             self._last_housekeeping = now
             await self._housekeeping(now)
 

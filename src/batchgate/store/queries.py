@@ -18,6 +18,7 @@ from batchgate.store.tables import api_keys, batches, files, requests, results, 
 
 Row = RowMapping
 
+RESULTS_LOCK_KEY = 0x62617463  # "batc": the advisory lock serialising result writes on PostgreSQL
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 
@@ -87,6 +88,13 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def _serialise_result_writes(self, conn: Any) -> None:
+        """Result rows must commit in `seq` order, or a reader paging by seq could pass a row that
+        commits later with a smaller seq. SQLite has one writer anyway; PostgreSQL takes a
+        transaction-scoped advisory lock (one result transaction at a time, every ~50 ms per worker)."""
+        if self.dialect == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RESULTS_LOCK_KEY})
 
     async def reset_connections(self) -> None:
         """Drop pooled connections so the next query opens a fresh one (after repeated failures)."""
@@ -359,6 +367,7 @@ class Store:
         by_key = {(f.batch_id, f.line_no): f for f in finished}
         statement = _insert_ignore(self.dialect, results).returning(results.c.batch_id, results.c.line_no)
         async with self.engine.begin() as conn:
+            await self._serialise_result_writes(conn)
             # executemany + RETURNING: SQLAlchemy batches it into multi-row INSERTs from one cached
             # compilation; only rows really inserted come back.
             returned = await conn.execute(statement, [_result_row(f) for f in by_key.values()])
@@ -381,6 +390,7 @@ class Store:
                                    message: str, now: float) -> int:
         """Give every unfinished row of a batch an error result (expiry, cancellation)."""
         async with self.engine.begin() as conn:
+            await self._serialise_result_writes(conn)
             rows = (await conn.execute(
                 select(requests.c.line_no, requests.c.custom_id)
                 .where(requests.c.batch_id == batch_id, requests.c.state.in_(states))
