@@ -3,6 +3,9 @@ team isolation, and a kill -9 whose leases expire and are claimed again."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -16,6 +19,7 @@ from tests.harness import (
     chat_line,
     openai_client,
     poll_until,
+    python_env,
     upstream_model_config,
 )
 from tests.postgres import PostgresCluster
@@ -131,3 +135,30 @@ def test_kill_9_mid_batch_leases_expire_and_the_batch_completes_exactly_once(
         out, _ = result_files(client, done, rows)
         for row in rows:
             assert_echoed(out[row["custom_id"]], row)
+
+
+def test_a_server_and_a_worker_share_one_database_and_every_request_runs_once(
+    postgres: PostgresCluster, upstream: FakeUpstreamProcess, make_server
+) -> None:
+    """Two engines on one PostgreSQL (and one files directory): the batch is validated by one of them,
+    its requests are claimed by both (SKIP LOCKED), and every custom_id ends exactly once."""
+    server = make_server(pg_config(postgres, upstream.url, max_concurrency=4))
+    worker = subprocess.Popen([sys.executable, "-m", "batchgate", "worker", "--config", "batchgate.yaml"],
+                              cwd=server.workdir, env=python_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        rows = [chat_line(f"w{i}", f"both {i} @latency:20") for i in range(3000)]
+        with openai_client(server) as client:
+            done = wait_terminal(client, submit(client, rows).id, timeout=90)
+            assert done.status == "completed"
+            assert done.request_counts.model_dump() == {"total": 3000, "completed": 3000, "failed": 0}
+            out, _ = result_files(client, done, rows)
+            assert len(out) == 3000
+        assert worker.poll() is None  # the worker stayed up the whole time
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            assert worker.wait(15) == 0  # graceful: stops claiming, releases what it held
+        finally:
+            if worker.poll() is None:
+                worker.kill()

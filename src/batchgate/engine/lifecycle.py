@@ -159,6 +159,9 @@ class Lifecycle:
         current = await self._store.get_batch(batch_id)
         if current is None or current["status"] != "validating":
             return  # the tick's snapshot was stale: validated (or cancelled) meanwhile
+        now = time.time()
+        if not await self._store.lease_batch(batch_id, self._owner, now, now + self._settings.engine.lease_s):
+            return  # another worker sharing the database validates it
         await self._store.delete_requests(batch_id)  # a validation cut short by a crash starts over
         file = await self._store.get_file(batch["input_file_id"], int(time.time()))
         if file is None:

@@ -310,6 +310,17 @@ class Store:
             rows = (await conn.execute(statement, params)).all()
         return [ClaimedRequest(batch_id, r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
+    async def lease_batch(self, batch_id: str, owner: str, now: float, lease_until: float) -> bool:
+        """Take a validating batch for this worker, unless another holds a live lease on it."""
+        statement = (
+            update(batches)
+            .where(batches.c.id == batch_id, batches.c.status == "validating",
+                   or_(batches.c.lease_owner.is_(None), batches.c.lease_owner == owner, batches.c.lease_until < now))
+            .values(lease_owner=owner, lease_until=lease_until)
+        )
+        async with self.engine.begin() as conn:
+            return (await conn.execute(statement)).rowcount == 1
+
     async def release_rows(self, batch_id: str, line_nos: list[int]) -> None:
         """Put claimed rows back in the queue (their bodies could not be read this time)."""
         async with self.engine.begin() as conn:
@@ -322,13 +333,12 @@ class Store:
                 )
 
     async def extend_leases(self, owner: str, lease_until: float) -> None:
-        statement = (
-            update(requests)
-            .where(requests.c.state == "running", requests.c.lease_owner == owner)
-            .values(lease_until=lease_until)
-        )
+        """Heartbeat: this worker still holds its running rows and the batches it validates."""
         async with self.engine.begin() as conn:
-            await conn.execute(statement)
+            await conn.execute(update(requests).where(requests.c.state == "running", requests.c.lease_owner == owner)
+                               .values(lease_until=lease_until))
+            await conn.execute(update(batches).where(batches.c.status == "validating", batches.c.lease_owner == owner)
+                               .values(lease_until=lease_until))
 
     async def release_expired_leases(self, now: float) -> int:
         """Hand rows whose worker vanished back to the queue."""
@@ -346,7 +356,11 @@ class Store:
         if owner is not None:
             statement = statement.where(requests.c.lease_owner == owner)
         statement = statement.values(state="pending", lease_owner=None, lease_until=None)
+        free_batches = update(batches).where(batches.c.lease_owner.is_not(None))
+        if owner is not None:
+            free_batches = free_batches.where(batches.c.lease_owner == owner)
         async with self.engine.begin() as conn:
+            await conn.execute(free_batches.values(lease_owner=None, lease_until=None))
             return (await conn.execute(statement)).rowcount
 
     async def pending_count(self, batch_id: str) -> int:

@@ -81,6 +81,9 @@ batches = Table(
     Column("cancel_message", Text, nullable=True),  # xAI cancel_by_xai_message
     Column("create_api_key_id", String(64), nullable=True),
     Column("allowed_models", Text, nullable=True),  # JSON list from the creating key; null: all
+    # which worker validates it: on a shared database only one may
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", Float, nullable=True),
     Index("ix_batches_status", "status"),
     Index("ix_batches_team", "team_id", "id"),
 )
