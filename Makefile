@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # llama-cpp-python compiles from source (no wheel for this platform); use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-pg clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: install
 	$(BIN)/python bench/http_clients.py
 	$(BIN)/python bench/fair_share.py
 	$(BIN)/python bench/rate_limits.py
+
+bench-pg: install  # needs root and Debian's postgresql, like `make test`
+	bash scripts/ensure-postgres.sh
+	$(BIN)/python bench/pg_indexes.py
 
 clean:
 	rm -rf $(VENV) .batchgate .pytest_cache .ruff_cache

@@ -131,6 +131,7 @@ results = Table(
     Column("input_tokens", Integer, nullable=False, default=0, server_default="0"),
     Column("output_tokens", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("batch_id", "line_no", name="uq_results_batch_line"),
+    Index("ix_results_batch_seq", "batch_id", "seq"),  # xAI result pages: one batch, in commit order
     sqlite_autoincrement=True,
 )
 
