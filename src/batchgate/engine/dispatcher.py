@@ -123,9 +123,6 @@ class Dispatcher:
             task.cancel()
         return len(tasks)
 
-    def in_flight(self, batch_id: str) -> int:
-        return len(self._tasks.get(batch_id, ()))
-
     def wake(self) -> None:
         self._wake.set()
 

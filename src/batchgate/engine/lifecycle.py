@@ -22,7 +22,7 @@ from batchgate.engine import metrics
 from batchgate.engine.deployments import deployment_names
 from batchgate.engine.dispatcher import ActiveBatch, Dispatcher
 from batchgate.engine.finalize import write_result_files
-from batchgate.engine.validate import validate_input
+from batchgate.engine.validate import ValidationReport, validate_input
 from batchgate.engine.writer import ResultWriter
 from batchgate.store.queries import ACTIVE_STATUSES, Row, Store
 
@@ -165,8 +165,9 @@ class Lifecycle:
         await self._store.delete_requests(batch_id)  # a validation cut short by a crash starts over
         file = await self._store.get_file(batch["input_file_id"], int(time.time()))
         if file is None:
-            await self._fail(batch, [{"code": "missing_required_parameter", "param": "input_file_id",
-                                      "line": None, "message": "the input file no longer exists"}], 1)
+            gone = ValidationReport()
+            gone.add("missing_required_parameter", "the input file no longer exists", None, "input_file_id")
+            await self._fail(batch, gone)
             return
 
         async def write_rows(rows: list[dict[str, Any]]) -> None:
@@ -191,18 +192,18 @@ class Lifecycle:
                        f"{report.model!r}", None, "body.model")
         if not report.ok:
             await self._store.delete_requests(batch_id)
-            await self._fail(batch, report.errors, report.error_count)
+            await self._fail(batch, report)
             return
         assert report.model is not None
         if await self._store.start_batch(batch_id, model=report.model, total=report.total, now=int(time.time())):
             log.info("batch %s validated: %d requests for %s", batch_id, report.total, report.model)
 
-    async def _fail(self, batch: Row, errors: list[dict[str, Any]], count: int) -> None:
+    async def _fail(self, batch: Row, report: ValidationReport) -> None:
         """A bad input file: OpenAI's view says `failed`; xAI cancels the batch and says why."""
-        body = orjson.dumps({"object": "list", "data": errors, "total": count}).decode()
+        body = orjson.dumps(report.as_errors_object()).decode()
         now = int(time.time())
         if batch["dialect"] == "xai":
-            first = errors[0]
+            first = report.errors[0]
             where = f"line {first['line']}: " if first.get("line") else ""
             moved = await self._store.transition(
                 batch["id"], ["validating"], "cancelled", errors=body, cancelled_at=now,

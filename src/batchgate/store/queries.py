@@ -363,12 +363,6 @@ class Store:
             await conn.execute(free_batches.values(lease_owner=None, lease_until=None))
             return (await conn.execute(statement)).rowcount
 
-    async def pending_count(self, batch_id: str) -> int:
-        query = select(func.count()).select_from(requests).where(
-            requests.c.batch_id == batch_id, requests.c.state == "pending")
-        async with self.engine.connect() as conn:
-            return (await conn.execute(query)).scalar_one()
-
     # ---------------------------------------------------------------- results
     async def store_results(self, finished: Sequence[FinishedRequest]) -> int:
         """Group commit: insert results, mark their rows done and bump batch counters in one transaction.
