@@ -26,6 +26,7 @@ import yaml
 __all__ = [
     "FakeUpstreamProcess",
     "ServerProcess",
+    "WorkerProcess",
     "base_config",
     "chat_line",
     "free_port",
@@ -240,6 +241,27 @@ class ServerProcess:
 
     def __repr__(self) -> str:
         return f"ServerProcess(url={self.url!r}, pid={self.pid}, workdir={str(self.workdir)!r})"
+
+
+class WorkerProcess(ServerProcess):
+    """The real ``batchgate worker`` (the engine alone, no HTTP): ready once it says it runs."""
+
+    @property
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "batchgate", "worker"]
+        return cmd + (["--config", str(self.config_path)] if self.config_path is not None else [])
+
+    def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
+        def running() -> bool:
+            if not self.is_running():
+                raise AssertionError(f"batchgate worker exited before ready; log:\n{self.log_tail()}")
+            return "worker running" in self.log_text().rsplit("=== start", 1)[-1]
+
+        poll_until(running, timeout=timeout, message=lambda: f"worker not ready; log:\n{self.log_tail()}")
+        return self
+
+    def __repr__(self) -> str:
+        return f"WorkerProcess(pid={self.pid}, workdir={str(self.workdir)!r})"
 
 
 @contextlib.contextmanager

@@ -110,6 +110,10 @@ class EngineConfig(_Strict):
     poll_interval_s: float = Field(default=0.5, gt=0)
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
+    # Scale-out (PostgreSQL): how often a worker renews its share of each deployment's limits,
+    # and how long a share outlives a worker that stopped renewing it.
+    capacity_interval_s: float = Field(default=0.5, gt=0)
+    capacity_lease_s: float = Field(default=10.0, gt=0)
 
 
 class PiiRedactionConfig(_Strict):

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from batchgate import ids
 from batchgate.blobs import BlobStore, LocalBlobStore
 from batchgate.config import Settings
+from batchgate.engine.capacity import CapacityCoordinator
 from batchgate.engine.deployments import build_pools, close_pools
 from batchgate.engine.dispatcher import Dispatcher
 from batchgate.engine.guardrails import Guardrails
@@ -35,6 +36,10 @@ class Engine:
                                      Guardrails(settings.guardrails))
         self.lifecycle = Lifecycle(settings, store, blobs, self.dispatcher, self.writer, self.owner,
                                    on_batch_done=on_batch_done)
+        # Several processes share the deployments' limits only on a shared database.
+        self.capacity = None if single_node else CapacityCoordinator(
+            store, self.pools, settings.engine, self.owner, self.dispatcher.demand, self.dispatcher.wake)
+        self._capacity_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def _on_flushed(self) -> None:
@@ -57,6 +62,9 @@ class Engine:
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(self.lifecycle.run(), name="lifecycle"),
         ]
+        if self.capacity is not None:
+            self._capacity_task = asyncio.create_task(self.capacity.run(), name="capacity")
+            self._tasks.append(self._capacity_task)
 
     async def _sweep_orphan_blobs(self) -> None:
         """Blobs a crash left without a row (between a blob's commit and its row's insert, or files
@@ -74,6 +82,10 @@ class Engine:
         """Stop claiming, abandon in-flight calls, store what finished and hand the rest back."""
         await self.lifecycle.stop()
         await self.dispatcher.stop()
+        if self.capacity is not None and self._capacity_task is not None:
+            self._capacity_task.cancel()  # no renewal may race the release below
+            await asyncio.gather(self._capacity_task, return_exceptions=True)
+            await self.capacity.release()
         await self.writer.stop()
         for task in self._tasks:
             task.cancel()

@@ -96,6 +96,8 @@ class Dispatcher:
         self._retry_waiters: dict[str, int] = defaultdict(int)
         self._timer: asyncio.TimerHandle | None = None
         self._ready: dict[str, deque[_Ready]] = defaultdict(deque)
+        self._exhausted: dict[str, bool] = {}  # per model: the last claim found fewer rows than it asked
+        self._pool_of = {d.name: pool for pool in pools.values() for d in pool.deployments}
         self._stopping = False
 
     # ------------------------------------------------------------ control from the lifecycle loop
@@ -125,6 +127,19 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def demand(self, deployment: Deployment) -> int:
+        """Slots this process could use on a deployment now (scale-out: its claim on the global limit).
+
+        All of them while its model has work here; once the queue ran dry, only what is in flight or
+        waiting to retry, so the other workers get the rest."""
+        pool = self._pool_of[deployment.name]
+        model = pool.model.name
+        limit = deployment.config.max_concurrency
+        has_work = any(batch.model == model for batch in self._active) and not self._exhausted.get(model, False)
+        if self._ready[model] or has_work:
+            return limit
+        return min(limit, deployment.in_flight + self._retry_waiters[model])
 
     # ------------------------------------------------------------ the loop
     async def run(self) -> None:
@@ -158,7 +173,8 @@ class Dispatcher:
                 continue
             ready = self._ready[model]
             self._start_ready(pool, ready)
-            capacity = sum(d.config.max_concurrency for d in pool.deployments)
+            # Sized from the slots this process holds (all of them on one node; its share when scaled out).
+            capacity = sum(d.limits.capacity for d in pool.deployments)
             prefetch = max(1, capacity // PREFETCH_DIVISOR)
             # Refill only when the buffer ran low, so one claim query serves several requests.
             if len(ready) > prefetch // 2 and pool.free_slots() == 0:
@@ -166,7 +182,9 @@ class Dispatcher:
             want = pool.free_slots() + prefetch - len(ready)
             if want <= 0:
                 continue
-            for batch, claimed in await self._claim_fairly(model, batches, want):
+            claims = await self._claim_fairly(model, batches, want)
+            self._exhausted[model] = sum(len(claimed) for _, claimed in claims) < want and not ready
+            for batch, claimed in claims:
                 try:
                     bodies = await self._read_bodies(batch, claimed)
                 except Exception:

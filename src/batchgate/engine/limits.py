@@ -12,17 +12,22 @@ from batchgate.config import DeploymentConfig
 AIMD_DECREASE = 0.5  # multiply the window by this on a 429
 AIMD_DECREASE_EVERY_S = 1.0  # one cut per second: a burst of 429s from one window is one signal
 RATE_MARGIN = 0.98  # pace RPM/TPM a little under the configured limit: timing jitter must not cross it
+NO_SHARE_RECHECK_S = 0.5  # a worker holding no share of a rate limit looks again this often
 
 
 @dataclass
 class TokenBucket:
     """`rate` units a second, bursts up to `capacity`; a take bigger than the capacity is let through
-    when the bucket is full (and leaves a debt), so one large request is slowed, never stuck."""
+    when the bucket is full (and leaves a debt), so one large request is slowed, never stuck.
+
+    `scale` is this worker's share of the limit when several share it: rate and burst shrink with it.
+    """
 
     rate: float
     capacity: float
     tokens: float = field(default=-1.0)
     updated: float = 0.0
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.tokens < 0:
@@ -30,15 +35,22 @@ class TokenBucket:
 
     def _refill(self, now: float) -> None:
         if now > self.updated:
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.tokens = min(self.capacity * self.scale, self.tokens + (now - self.updated) * self.rate * self.scale)
             self.updated = now
+
+    def rescale(self, scale: float, now: float) -> None:
+        self._refill(now)
+        self.scale = scale
+        self.tokens = min(self.tokens, self.capacity * scale)
 
     def wait_for(self, amount: float, now: float) -> float:
         """Seconds until `amount` could be taken (0: now)."""
         self._refill(now)
-        needed = min(amount, self.capacity)
+        if self.scale <= 0:
+            return NO_SHARE_RECHECK_S
+        needed = min(amount, self.capacity * self.scale)
         shortfall = needed - self.tokens
-        return 0.0 if shortfall <= 1e-9 else shortfall / self.rate  # float dust is not a wait
+        return 0.0 if shortfall <= 1e-9 else shortfall / (self.rate * self.scale)  # float dust is not a wait
 
     def take(self, amount: float, now: float) -> None:
         self._refill(now)
@@ -90,14 +102,42 @@ class DeploymentLimits:
         self.paused_until = 0.0
         self._last_decrease = -math.inf
         self.circuit = CircuitBreaker(config.circuit_failures, config.circuit_cooldown_s)
+        # Scale-out: the part of the global limits this worker holds (None: all of it, one node).
+        self.granted_slots: int | None = None
+        self.granted_until = math.inf
 
     @property
     def concurrency(self) -> int:
-        return max(1, math.floor(self.window))
+        """Calls that may be in flight now: the AIMD window, within this worker's granted slots."""
+        window = max(1, math.floor(self.window))
+        if self.granted_slots is None:
+            return window
+        return min(window, self.granted_slots)
+
+    @property
+    def capacity(self) -> int:
+        """The most this worker could have in flight here (its prefetch is sized from it)."""
+        return self.max_concurrency if self.granted_slots is None else self.granted_slots
+
+    def grant(self, slots: int, rate_share: float, valid_until: float, now: float) -> None:
+        """This worker's share of the deployment's global limits, valid until `valid_until` (monotonic)."""
+        self.granted_slots, self.granted_until = slots, valid_until
+        for bucket in (self.rpm, self.tpm):
+            if bucket is not None:
+                bucket.rescale(rate_share, now)
+
+    def shrink(self, slots: int, rate_share: float, now: float) -> None:
+        """Apply only the decreases of a grant (before it is stored, so the sum never passes the limit)."""
+        current = self.max_concurrency if self.granted_slots is None else self.granted_slots
+        self.granted_slots = min(current, slots)
+        for bucket in (self.rpm, self.tpm):
+            if bucket is not None and rate_share < bucket.scale:
+                bucket.rescale(rate_share, now)
 
     def available(self, now: float) -> bool:
-        """False while the upstream asked for a pause (Retry-After)."""
-        return now >= self.paused_until
+        """False while the upstream asked for a pause (Retry-After), or while this worker's share of
+        the global limits has lapsed (its lease could not be renewed in time)."""
+        return self.paused_until <= now < self.granted_until
 
     def wait_for(self, tokens: int, now: float) -> float:
         """Seconds until a request of `tokens` may start here (0: now)."""

@@ -13,3 +13,6 @@ FILES_UPLOADED = Counter("batchgate_files_uploaded_total", "Files uploaded")
 BYTES_UPLOADED = Counter("batchgate_uploaded_bytes_total", "Bytes uploaded")
 CIRCUIT_OPEN = Gauge("batchgate_circuit_open", "1 while a deployment's circuit breaker is open or probing",
                      ["deployment"])
+CAPACITY_GRANTED = Gauge("batchgate_capacity_granted_slots",
+                         "Slots of a deployment's global max_concurrency this worker holds (scale-out)",
+                         ["deployment"])

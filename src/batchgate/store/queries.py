@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +14,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from batchgate.store.tables import api_keys, batches, files, requests, results, teams
+from batchgate.store.tables import api_keys, batches, capacity_leases, files, requests, results, teams
 
 Row = RowMapping
 
 RESULTS_LOCK_KEY = 0x62617463  # "batc": the advisory lock serialising result writes on PostgreSQL
+CAPACITY_LOCK_KEY = 0x63617061  # "capa": serialises the workers' capacity lease renewals
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 
@@ -59,6 +60,18 @@ class BatchFull(Exception):
     def __init__(self, total: int) -> None:
         super().__init__(str(total))
         self.total = total
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityLease:
+    """One worker's share of one deployment's global limits."""
+
+    deployment: str
+    owner: str
+    slots: int
+    rate_share: float
+    demand: int
+    wants_rate: bool
 
 
 @dataclass(slots=True)
@@ -362,6 +375,45 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(free_batches.values(lease_owner=None, lease_until=None))
             return (await conn.execute(statement)).rowcount
+
+    # ---------------------------------------------------------------- capacity (scale-out)
+    async def renew_capacity(
+        self, owner: str, now: float, lease_until: float, deployments: Sequence[str],
+        decide: Callable[[dict[str, list[CapacityLease]]], list[CapacityLease]],
+    ) -> list[CapacityLease]:
+        """One serialised transaction: drop leases of vanished workers, show `decide` the other
+        workers' live leases of `deployments`, and store the leases it picks for `owner`."""
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CAPACITY_LOCK_KEY})
+            await conn.execute(delete(capacity_leases).where(capacity_leases.c.lease_until < now))
+            rows = (await conn.execute(
+                select(capacity_leases).where(capacity_leases.c.deployment.in_(list(deployments)),
+                                              capacity_leases.c.owner != owner)
+            )).mappings().all()
+            others: dict[str, list[CapacityLease]] = {name: [] for name in deployments}
+            for row in rows:
+                others[row["deployment"]].append(CapacityLease(row["deployment"], row["owner"], row["slots"],
+                                                               row["rate_share"], row["demand"], row["wants_rate"]))
+            mine = decide(others)
+            await conn.execute(delete(capacity_leases).where(capacity_leases.c.owner == owner))
+            if mine:
+                await conn.execute(insert(capacity_leases), [
+                    {"deployment": lease.deployment, "owner": owner, "slots": lease.slots,
+                     "rate_share": lease.rate_share, "demand": lease.demand, "wants_rate": lease.wants_rate,
+                     "lease_until": lease_until}
+                    for lease in mine
+                ])
+        return mine
+
+    async def release_capacity(self, owner: str) -> None:
+        """A clean shutdown: this worker's shares are free for the others at once."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(capacity_leases).where(capacity_leases.c.owner == owner))
+
+    async def list_capacity_leases(self) -> list[Row]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(select(capacity_leases))).mappings().all())
 
     # ---------------------------------------------------------------- results
     async def store_results(self, finished: Sequence[FinishedRequest]) -> int:

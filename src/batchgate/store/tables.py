@@ -163,3 +163,18 @@ api_keys = Table(
     Column("revoked_at", BigInteger, nullable=True),
     Index("ix_api_keys_team", "team_id"),
 )
+
+# Scale-out: each worker's share of a deployment's global limits (max_concurrency, rpm, tpm).
+# One row per deployment and worker, renewed by a heartbeat; an expired row is a vanished worker.
+capacity_leases = Table(
+    "capacity_leases",
+    metadata,
+    Column("deployment", String(256), nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("slots", Integer, nullable=False),  # calls this worker may have in flight
+    Column("rate_share", Float, nullable=False),  # its fraction of the deployment's rpm / tpm
+    Column("demand", Integer, nullable=False),  # slots it could use now
+    Column("wants_rate", Boolean, nullable=False),  # it has calls to start (in-flight ones need no rate)
+    Column("lease_until", Float, nullable=False),
+    PrimaryKeyConstraint("deployment", "owner"),
+)

@@ -1,0 +1,109 @@
+"""Scale-out on PostgreSQL + S3: API-only servers and engine-only workers sharing one database and
+one bucket, with a deployment's max_concurrency held across all workers together."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.helpers import ENGINE, assert_echoed, result_files, submit, wait_batch, wait_terminal
+from tests.harness import (
+    FakeUpstreamProcess,
+    ServerProcess,
+    WorkerProcess,
+    chat_line,
+    openai_client,
+    upstream_model_config,
+)
+from tests.postgres import PostgresCluster
+from tests.s3 import BUCKET, MotoS3Process
+
+ADMIN = "scale-admin"
+MAX_CONCURRENCY = 30
+
+
+def cluster_config(postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess,
+                   **deployment: Any) -> dict[str, Any]:
+    return {
+        "storage": {"database": postgres.new_database(), "files": f"s3://{BUCKET}/{secrets.token_hex(4)}"},
+        "models": [upstream_model_config(upstream.url, **deployment)],
+        # Short leases so a killed worker's rows and slots come back within the test's time.
+        "engine": {**ENGINE, "lease_s": 3.0, "capacity_interval_s": 0.2, "capacity_lease_s": 2.0},
+    }
+
+
+@pytest.fixture
+def processes(request: pytest.FixtureRequest) -> Iterator[list[ServerProcess]]:
+    """Every process a test starts; all stopped at the end, their logs shown when it failed."""
+    started: list[ServerProcess] = []
+    yield started
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for process in started:
+        process.stop()
+        if failed:
+            print(f"\n----- {process!r} log tail -----\n{process.log_tail(80)}")
+
+
+def test_two_api_servers_and_three_workers_hold_the_global_limit_through_a_kill_and_a_restart(
+    postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, tmp_path: Path,
+    processes: list[ServerProcess],
+) -> None:
+    config = cluster_config(postgres, s3, upstream, max_concurrency=MAX_CONCURRENCY)
+    env = {**s3.env, "BATCHGATE_ADMIN_KEY": ADMIN}
+    apis = [ServerProcess(config, env, workdir=tmp_path / f"api{i}", extra_args=["--no-engine"]) for i in range(2)]
+    workers = [WorkerProcess(config, env, workdir=tmp_path / f"worker{i}") for i in range(3)]
+    processes.extend(apis + workers)
+    for process in apis + workers:
+        process.start()
+    for process in apis + workers:
+        process.wait_ready(60)
+
+    rows = [chat_line(f"r{i}", f"row {i} @latency:80") for i in range(2000)]
+    with openai_client(apis[0], api_key=ADMIN) as first, openai_client(apis[1], api_key=ADMIN) as second:
+        batch = submit(first, rows)
+        assert second.batches.retrieve(batch.id).id == batch.id  # one database behind both servers
+        wait_batch(second, batch.id, lambda b: b.request_counts.completed >= 300, timeout=60,
+                   what="the workers never got going")
+        workers[0].kill()  # SIGKILL mid-run: its rows and slots come back when their leases expire
+        wait_batch(second, batch.id, lambda b: b.request_counts.completed >= 900, timeout=60,
+                   what="the batch stalled after a worker was killed")
+        assert workers[1].stop() == 0  # SIGTERM: stops claiming, hands its rows back, exits cleanly
+        workers[1].start().wait_ready(60)
+
+        done = wait_terminal(first, batch.id, timeout=120)
+        assert done.status == "completed"
+        assert done.request_counts.model_dump() == {"total": 2000, "completed": 2000, "failed": 0}
+        out, err = result_files(second, done, rows)  # every custom_id exactly once
+        assert err == {}
+        for row in rows:
+            assert_echoed(out[row["custom_id"]], row)
+
+    stats = upstream.stats()
+    assert 0 < stats["max_in_flight"] <= MAX_CONCURRENCY, stats
+    assert stats["requests_total"] >= 2000 and stats["bodies_seen"] == 2000
+
+
+def test_an_api_only_server_leaves_batches_to_the_workers(
+    postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, tmp_path: Path,
+    processes: list[ServerProcess],
+) -> None:
+    config = cluster_config(postgres, s3, upstream, max_concurrency=4)
+    api = ServerProcess(config, s3.env, workdir=tmp_path / "api", extra_args=["--no-engine"])
+    processes.append(api)
+    api.start().wait_ready(60)
+    rows = [chat_line(f"q{i}", f"question {i}") for i in range(20)]
+    with openai_client(api) as client:
+        batch = submit(client, rows)
+        # Nothing validates it while no engine runs: it is still waiting after a full status round trip.
+        assert client.batches.retrieve(batch.id).status == "validating"
+        worker = WorkerProcess(config, s3.env, workdir=tmp_path / "worker")
+        processes.append(worker)
+        worker.start().wait_ready(60)
+        done = wait_terminal(client, batch.id, timeout=60)
+        assert done.request_counts.model_dump() == {"total": 20, "completed": 20, "failed": 0}
+        out, _ = result_files(client, done, rows)
+        assert_echoed(out["q7"], rows[7])
