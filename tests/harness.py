@@ -249,7 +249,7 @@ class WorkerProcess(ServerProcess):
     @property
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "batchgate", "worker"]
-        return cmd + (["--config", str(self.config_path)] if self.config_path is not None else [])
+        return cmd + (["--config", str(self.config_path)] if self.config_path is not None else []) + self.extra_args
 
     def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
         def running() -> bool:

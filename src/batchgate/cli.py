@@ -65,12 +65,19 @@ def serve(config: ConfigOption = None,
 
 
 @app.command()
-def worker(config: ConfigOption = None) -> None:
+def worker(config: ConfigOption = None,
+           metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus /metrics on this port")] = None,
+           metrics_host: Annotated[str, typer.Option(help="bind address of --metrics-port")] = "127.0.0.1",
+           ) -> None:
     """Run the batch engine without the API (scale-out: several workers share one database)."""
     from batchgate.gateway import open_gateway
 
     settings = _settings(config)
     _logging()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, metrics_host)  # a daemon thread; the engine's metrics, nothing else
 
     async def main() -> None:
         stop = asyncio.Event()

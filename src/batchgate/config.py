@@ -115,6 +115,13 @@ class EngineConfig(_Strict):
     capacity_interval_s: float = Field(default=0.5, gt=0)
     capacity_lease_s: float = Field(default=10.0, gt=0)
 
+    @model_validator(mode="after")
+    def _lease_outlives_renewals(self) -> EngineConfig:
+        if self.capacity_lease_s < 2 * self.capacity_interval_s:
+            raise ValueError("capacity_lease_s must be at least twice capacity_interval_s "
+                             "(a lease must survive a late renewal)")
+        return self
+
 
 class PiiRedactionConfig(_Strict):
     input: bool = True

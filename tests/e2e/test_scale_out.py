@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.helpers import ENGINE, assert_echoed, result_files, submit, wait_batch, wait_terminal
@@ -16,6 +17,7 @@ from tests.harness import (
     ServerProcess,
     WorkerProcess,
     chat_line,
+    free_port,
     openai_client,
     upstream_model_config,
 )
@@ -100,10 +102,40 @@ def test_an_api_only_server_leaves_batches_to_the_workers(
         batch = submit(client, rows)
         # Nothing validates it while no engine runs: it is still waiting after a full status round trip.
         assert client.batches.retrieve(batch.id).status == "validating"
-        worker = WorkerProcess(config, s3.env, workdir=tmp_path / "worker")
+        metrics_port = free_port()
+        worker = WorkerProcess(config, s3.env, workdir=tmp_path / "worker",
+                               extra_args=["--metrics-port", str(metrics_port)])
         processes.append(worker)
         worker.start().wait_ready(60)
         done = wait_terminal(client, batch.id, timeout=60)
         assert done.request_counts.model_dump() == {"total": 20, "completed": 20, "failed": 0}
         out, _ = result_files(client, done, rows)
         assert_echoed(out["q7"], rows[7])
+    # The worker's own metrics: requests it finished, and its share of the deployment's slots.
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    assert 'batchgate_requests_finished_total{outcome="succeeded"} 20.0' in metrics
+    assert 'batchgate_capacity_granted_slots{deployment="fake-model/0"}' in metrics
+
+
+def test_three_workers_share_one_rpm_budget(
+    postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, tmp_path: Path,
+    processes: list[ServerProcess],
+) -> None:
+    """rpm 1200 configured and enforced by the upstream (60 calls in any 3 s): three workers pace
+    themselves on their shares of the one budget, so the upstream never has to refuse a call."""
+    upstream.control(rpm=1200, rpm_window_s=3.0)
+    config = cluster_config(postgres, s3, upstream, max_concurrency=16, rpm=1200)
+    api = ServerProcess(config, s3.env, workdir=tmp_path / "api", extra_args=["--no-engine"])
+    workers = [WorkerProcess(config, s3.env, workdir=tmp_path / f"worker{i}") for i in range(3)]
+    processes.extend([api, *workers])
+    for process in (api, *workers):
+        process.start()
+    for process in (api, *workers):
+        process.wait_ready(60)
+    rows = [chat_line(f"p{i}", f"paced {i}") for i in range(150)]
+    with openai_client(api) as client:
+        done = wait_terminal(client, submit(client, rows).id, timeout=60)
+        assert done.request_counts.model_dump() == {"total": 150, "completed": 150, "failed": 0}
+        result_files(client, done, rows)
+    stats = upstream.stats()
+    assert stats["by_status"] == {"200": 150}, stats  # not one 429

@@ -173,3 +173,9 @@ async def test_a_vanished_workers_lease_expires_and_its_part_is_reused(store: St
         await survivor.renew()
     # Its own grant lapses locally before the table's lease does: no overlap with a successor.
     assert not vanished["m"].deployments[0].limits.available(time.monotonic())
+
+
+def test_a_capacity_lease_shorter_than_two_renewals_is_refused() -> None:
+    with pytest.raises(ValueError, match="capacity_lease_s must be at least twice capacity_interval_s"):
+        EngineConfig(capacity_interval_s=1.0, capacity_lease_s=1.5)
+    assert EngineConfig(capacity_interval_s=1.0, capacity_lease_s=2.0).capacity_lease_s == 2.0
