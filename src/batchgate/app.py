@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
 from batchgate.api import admin, batches, files, ops, truefoundry, xai
+from batchgate.api.observe import RequestMetrics
 from batchgate.api.responses import JSON
 from batchgate.config import Settings
 from batchgate.errors import APIError
@@ -76,5 +78,6 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
         ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
                             Exception: _unexpected},
+        middleware=[Middleware(RequestMetrics)],
         lifespan=lifespan,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -37,9 +36,16 @@ def _fail(message: str) -> typer.Exit:
     raise typer.Exit(2)
 
 
-def _logging() -> None:
-    logging.basicConfig(level=os.environ.get("BATCHGATE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+LogFormatOption = Annotated[str, typer.Option("--log-format", envvar="BATCHGATE_LOG_FORMAT",
+                                              help="text, or json: one object a line with batch and request ids")]
+
+
+def _logging(log_format: str) -> None:
+    from batchgate.logs import configure
+
+    if log_format not in ("text", "json"):
+        _fail(f"--log-format must be text or json, not {log_format!r}")
+    configure("json" if log_format == "json" else "text")
 
 
 @app.command()
@@ -47,6 +53,7 @@ def serve(config: ConfigOption = None,
           host: Annotated[str | None, typer.Option(help="bind address (default from config: 127.0.0.1)")] = None,
           port: Annotated[int | None, typer.Option(help="port (default from config: 8080)")] = None,
           no_engine: Annotated[bool, typer.Option("--no-engine", help="API only; workers run batches")] = False,
+          log_format: LogFormatOption = "text",
           ) -> None:
     """Run the API server with its batch engine."""
     import uvicorn
@@ -59,21 +66,23 @@ def serve(config: ConfigOption = None,
         check_bind_is_safe(settings, bind_host)
     except ConfigError as exc:
         _fail(str(exc))
-    _logging()
+    _logging(log_format)
     uvicorn.run(create_app(settings, run_engine=not no_engine), host=bind_host, port=port or settings.server.port,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+                log_level="warning", access_log=False, timeout_graceful_shutdown=10,
+                log_config=None)  # uvicorn's own records go through our handler (and format)
 
 
 @app.command()
 def worker(config: ConfigOption = None,
            metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus /metrics on this port")] = None,
            metrics_host: Annotated[str, typer.Option(help="bind address of --metrics-port")] = "127.0.0.1",
+           log_format: LogFormatOption = "text",
            ) -> None:
     """Run the batch engine without the API (scale-out: several workers share one database)."""
     from batchgate.gateway import open_gateway
 
     settings = _settings(config)
-    _logging()
+    _logging(log_format)
     if metrics_port is not None:
         from prometheus_client import start_http_server
 

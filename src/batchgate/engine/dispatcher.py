@@ -29,6 +29,7 @@ from batchgate.engine.limits import estimate_tokens
 from batchgate.engine.retry import backoff_s, is_retryable
 from batchgate.engine.usage import extract_usage
 from batchgate.engine.writer import ResultWriter
+from batchgate.pricing import priced_usd
 from batchgate.store.queries import ClaimedRequest, FinishedRequest, Store
 from batchgate.upstreams.base import UpstreamReply
 
@@ -189,7 +190,8 @@ class Dispatcher:
                     bodies = await self._read_bodies(batch, claimed)
                 except Exception:
                     # Hand the rows straight back: a lease we keep renewing would strand them.
-                    log.exception("reading %d request bodies of %s failed; re-queued", len(claimed), batch.id)
+                    log.exception("reading %d request bodies of %s failed; re-queued", len(claimed), batch.id,
+                                  extra={"batch_id": batch.id})
                     await self._store.release_rows(batch.id, [c.line_no for c in claimed])
                     continue
                 for request, line in bodies:
@@ -362,7 +364,8 @@ class Dispatcher:
         try:
             await self._attempts(item, deployment)
         except Exception as exc:  # a bug must end the request visibly, never strand its row
-            log.exception("request %s/%s failed inside the gateway", item.batch.id, item.request.custom_id)
+            log.exception("request %s/%s failed inside the gateway", item.batch.id, item.request.custom_id,
+                          extra={"batch_id": item.batch.id, "custom_id": item.request.custom_id})
             self._finish(item.batch, item.request, UpstreamReply(
                 None, error_code="internal_error", error_message=f"gateway error: {type(exc).__name__}: {exc}"))
 
@@ -388,23 +391,26 @@ class Dispatcher:
                 if deployment is None:
                     deployment = await self._wait_for_slot(pool, pinned, item.tokens)
                 outcome: UpstreamReply | None = None
+                started = time.perf_counter()
                 try:
                     outcome = await deployment.upstream.send(item.endpoint, item.body, deployment.config.timeout_s)
                 finally:
                     self._release(pool, deployment, outcome)
+                _observe_attempt(pool.model.name, deployment.name, outcome, time.perf_counter() - started)
                 reply, max_attempts, deployment = outcome, deployment.config.max_attempts, None
-                metrics.UPSTREAM_REPLIES.labels(pool.model.name, str(reply.status_code or reply.error_code)).inc()
                 if _succeeded(reply) or not is_retryable(reply):
-                    self._finish(batch, item.request, reply)
+                    self._finish(batch, item.request, reply, pool)
                     return
                 if attempt >= max_attempts:
                     break  # retries exhausted here: the next fallback model, if any
+                metrics.RETRIES.labels(pool.model.name).inc()
                 await asyncio.sleep(backoff_s(attempt, self._config.backoff_base_s, self._config.backoff_max_s,
                                               reply.retry_after_s))
         assert reply is not None
         self._finish(batch, item.request, reply)
 
-    def _finish(self, batch: ActiveBatch, request: ClaimedRequest, reply: UpstreamReply) -> None:
+    def _finish(self, batch: ActiveBatch, request: ClaimedRequest, reply: UpstreamReply,
+                answered_by: ModelPool | None = None) -> None:
         ok = _succeeded(reply)
         body_text, parsed = _json_text(reply.body)
         if ok and self._guardrails and self._guardrails.redacts_output(batch.model, batch.key_id):
@@ -420,6 +426,27 @@ class Dispatcher:
             output_tokens=tokens[2], reasoning_tokens=tokens[3],
         ))
         metrics.REQUESTS_FINISHED.labels("succeeded" if ok else "failed").inc()
+        if ok and answered_by is not None:
+            _observe_usage(answered_by, tokens[0], tokens[2])
+        if log.isEnabledFor(logging.DEBUG):  # one line a request: only when asked for
+            log.debug("request %s/%s finished: %s", batch.id, request.custom_id, reply.status_code or reply.error_code,
+                      extra={"batch_id": batch.id, "custom_id": request.custom_id, "line_no": request.line_no,
+                             "status": reply.status_code or reply.error_code, "attempts": request.attempts,
+                             "model": answered_by.model.name if answered_by else batch.model})
+
+
+def _observe_attempt(model: str, deployment: str, reply: UpstreamReply, seconds: float) -> None:
+    metrics.UPSTREAM_REPLIES.labels(model, deployment, str(reply.status_code or reply.error_code)).inc()
+    metrics.UPSTREAM_LATENCY.labels(deployment).observe(seconds)
+    if reply.status_code == 429:
+        metrics.THROTTLED.labels(deployment).inc()
+
+
+def _observe_usage(pool: ModelPool, input_tokens: int, output_tokens: int) -> None:
+    model = pool.model.name
+    metrics.TOKENS.labels(model, "input").inc(input_tokens)
+    metrics.TOKENS.labels(model, "output").inc(output_tokens)
+    metrics.COST_USD.labels(model).inc(priced_usd(pool.model.price, input_tokens, output_tokens))
 
 
 def _succeeded(reply: UpstreamReply) -> bool:

@@ -113,7 +113,8 @@ class Lifecycle:
                                     enabled=now - self._last_budget_check >= BUDGET_CHECK_EVERY_S)
         if budget_check.enabled:
             self._last_budget_check = now
-        for batch in await self._store.batches_with_status(ACTIVE_STATUSES):
+        active_rows = await self._store.batches_with_status(ACTIVE_STATUSES)
+        for batch in active_rows:
             status = batch["status"]
             if status == "validating":
                 self._start_validation(batch)
@@ -138,9 +139,20 @@ class Lifecycle:
             elif status == "cancelling":
                 await self._cancel(batch)
         self._dispatcher.set_active(active)
+        self._report_queue(active_rows)
         if now - self._last_housekeeping >= min(HOUSEKEEPING_EVERY_S, self._settings.engine.lease_s / 3):
             self._last_housekeeping = now
             await self._housekeeping(now)
+
+    def _report_queue(self, batches: list[Row]) -> None:
+        """Requests of running batches still to finish, per model: the gateway's queue depth."""
+        queued = {model.name: 0 for model in self._settings.models}
+        for batch in batches:
+            model = batch["model_override"] or batch["model"]
+            if batch["status"] == "in_progress" and model in queued:
+                queued[model] += max(0, batch["total"] - batch["completed"] - batch["failed"])
+        for model, count in queued.items():
+            metrics.REQUESTS_QUEUED.labels(model).set(count)
 
     # ------------------------------------------------------------------ validation
     def _start_validation(self, batch: Row) -> None:
@@ -196,7 +208,8 @@ class Lifecycle:
             return
         assert report.model is not None
         if await self._store.start_batch(batch_id, model=report.model, total=report.total, now=int(time.time())):
-            log.info("batch %s validated: %d requests for %s", batch_id, report.total, report.model)
+            log.info("batch %s validated: %d requests for %s", batch_id, report.total, report.model,
+                     extra={"batch_id": batch_id, "model": report.model})
 
     async def _fail(self, batch: Row, report: ValidationReport) -> None:
         """A bad input file: OpenAI's view says `failed`; xAI cancels the batch and says why."""
@@ -211,6 +224,8 @@ class Lifecycle:
         else:
             moved = await self._store.transition(batch["id"], ["validating"], "failed", errors=body, failed_at=now)
         if moved:
+            log.info("batch %s failed validation: %d errors, the first %s", batch["id"], report.error_count,
+                     report.errors[0]["code"], extra={"batch_id": batch["id"], "status": "failed"})
             metrics.BATCHES_FINISHED.labels("failed").inc()
             self._done(batch["id"])
 
@@ -279,7 +294,8 @@ class Lifecycle:
                 await self._blobs.delete(row["id"])
             return
         metrics.BATCHES_FINISHED.labels(to_status).inc()
-        log.info("batch %s %s: %d completed, %d failed", batch["id"], to_status, fresh["completed"], fresh["failed"])
+        log.info("batch %s %s: %d completed, %d failed", batch["id"], to_status, fresh["completed"], fresh["failed"],
+                 extra={"batch_id": batch["id"], "status": to_status})
         # Requests added to an open batch lived in segment blobs; the result files now hold their outcome.
         for key in await self._store.segment_keys(batch["id"]):
             await self._blobs.delete(key)

@@ -70,7 +70,8 @@ class ResultWriter:
                 await self._store.store_results([attempt])
                 return True
             except Exception:
-                log.exception("storing the result of %s line %d failed", finished.batch_id, finished.line_no)
+                log.exception("storing the result of %s line %d failed", finished.batch_id, finished.line_no,
+                              extra={"batch_id": finished.batch_id, "line_no": finished.line_no})
         return False
 
     async def stop(self) -> None:
