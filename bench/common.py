@@ -31,7 +31,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def wait_status(client, batch_id: str, statuses: tuple[str, ...], timeout: float, interval: float = 0.02):
+def wait_status(client, batch_id: str, statuses: tuple[str, ...], timeout: float, interval: float = 0.1):
     """Poll a batch until it reaches one of `statuses`; returns (batch, seconds waited)."""
     start = time.perf_counter()
     while True:

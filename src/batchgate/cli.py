@@ -99,7 +99,9 @@ def worker(config: ConfigOption = None,
             logging.getLogger("batchgate").info("worker running; SIGTERM stops it")
             await stop.wait()
 
-    asyncio.run(main())
+    from batchgate.aio import run_fast
+
+    run_fast(main())
 
 
 @app.command()

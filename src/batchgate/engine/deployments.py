@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from batchgate.config import DeploymentConfig, ModelConfig, Settings
 from batchgate.engine.limits import DeploymentLimits
+from batchgate.engine.metrics import DeploymentSeries, ModelSeries
 from batchgate.upstreams.base import Upstream
 
 
@@ -28,9 +29,11 @@ class Deployment:
     in_flight: int = 0  # calls on the wire; a request waiting out a retry backoff holds no slot
     served: int = 0  # times chosen: breaks ties so idle traffic still follows the weights
     limits: DeploymentLimits = field(init=False)
+    series: DeploymentSeries = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = DeploymentLimits(self.config)
+        self.series = DeploymentSeries(self.name)
 
     @property
     def name(self) -> str:
@@ -51,6 +54,10 @@ class ModelPool:
 
     model: ModelConfig
     deployments: list[Deployment] = field(default_factory=list)
+    series: ModelSeries = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.series = ModelSeries(self.model.name)
 
     def usable(self, only: str | None = None) -> list[Deployment]:
         """The deployments requests may go to: those whose circuit is closed (or due a probe); when

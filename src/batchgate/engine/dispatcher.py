@@ -306,12 +306,12 @@ class Dispatcher:
     def _acquire(self, deployment: Deployment, tokens: int, now: float) -> None:
         deployment.in_flight += 1
         deployment.limits.start(tokens, now)
-        metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).inc()
+        deployment.series.in_flight.inc()
 
     def _release(self, pool: ModelPool, deployment: Deployment, reply: UpstreamReply | None) -> None:
         """A call ended: free its slot, feed the deployment's limits, and hand the slot on."""
         deployment.in_flight -= 1
-        metrics.REQUESTS_IN_FLIGHT.labels(deployment.name).dec()
+        deployment.series.in_flight.dec()
         limits, now = deployment.limits, time.monotonic()
         if reply is None:  # abandoned (cancel, expiry, shutdown): says nothing about the upstream
             limits.on_neutral()
@@ -325,7 +325,7 @@ class Dispatcher:
                 limits.paused_until = max(limits.paused_until, now + reply.retry_after_s)
         else:
             limits.on_neutral()
-        metrics.CIRCUIT_OPEN.labels(deployment.name).set(1 if limits.circuit.state != "closed" else 0)
+        deployment.series.circuit_open.set(1 if limits.circuit.state != "closed" else 0)
         event = self._slot_events.pop(pool.model.name, None)
         if event is not None:
             event.set()  # wakes every request waiting to retry on this model
@@ -396,14 +396,14 @@ class Dispatcher:
                     outcome = await deployment.upstream.send(item.endpoint, item.body, deployment.config.timeout_s)
                 finally:
                     self._release(pool, deployment, outcome)
-                _observe_attempt(pool.model.name, deployment.name, outcome, time.perf_counter() - started)
+                _observe_attempt(pool.model.name, deployment, outcome, time.perf_counter() - started)
                 reply, max_attempts, deployment = outcome, deployment.config.max_attempts, None
                 if _succeeded(reply) or not is_retryable(reply):
                     self._finish(batch, item.request, reply, pool)
                     return
                 if attempt >= max_attempts:
                     break  # retries exhausted here: the next fallback model, if any
-                metrics.RETRIES.labels(pool.model.name).inc()
+                pool.series.retries.inc()
                 await asyncio.sleep(backoff_s(attempt, self._config.backoff_base_s, self._config.backoff_max_s,
                                               reply.retry_after_s))
         assert reply is not None
@@ -425,7 +425,7 @@ class Dispatcher:
             finished_at=time.time(), input_tokens=tokens[0], cached_tokens=tokens[1],
             output_tokens=tokens[2], reasoning_tokens=tokens[3],
         ))
-        metrics.REQUESTS_FINISHED.labels("succeeded" if ok else "failed").inc()
+        (metrics.FINISHED_OK if ok else metrics.FINISHED_FAILED).inc()
         if ok and answered_by is not None:
             _observe_usage(answered_by, tokens[0], tokens[2])
         if log.isEnabledFor(logging.DEBUG):  # one line a request: only when asked for
@@ -435,18 +435,19 @@ class Dispatcher:
                              "model": answered_by.model.name if answered_by else batch.model})
 
 
-def _observe_attempt(model: str, deployment: str, reply: UpstreamReply, seconds: float) -> None:
-    metrics.UPSTREAM_REPLIES.labels(model, deployment, str(reply.status_code or reply.error_code)).inc()
-    metrics.UPSTREAM_LATENCY.labels(deployment).observe(seconds)
+def _observe_attempt(model: str, deployment: Deployment, reply: UpstreamReply, seconds: float) -> None:
+    series = deployment.series
+    series.replies(model, str(reply.status_code or reply.error_code)).inc()
+    series.latency.observe(seconds)
     if reply.status_code == 429:
-        metrics.THROTTLED.labels(deployment).inc()
+        series.throttled.inc()
 
 
 def _observe_usage(pool: ModelPool, input_tokens: int, output_tokens: int) -> None:
-    model = pool.model.name
-    metrics.TOKENS.labels(model, "input").inc(input_tokens)
-    metrics.TOKENS.labels(model, "output").inc(output_tokens)
-    metrics.COST_USD.labels(model).inc(priced_usd(pool.model.price, input_tokens, output_tokens))
+    series = pool.series
+    series.input_tokens.inc(input_tokens)
+    series.output_tokens.inc(output_tokens)
+    series.cost_usd.inc(priced_usd(pool.model.price, input_tokens, output_tokens))
 
 
 def _succeeded(reply: UpstreamReply) -> bool:

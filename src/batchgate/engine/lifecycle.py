@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_PARALLEL_VALIDATIONS = 2
 HOUSEKEEPING_EVERY_S = 10.0
+MIN_TICK_GAP_S = 0.25
 BUDGET_CHECK_EVERY_S = 1.0  # spend is summed in SQL; once a second bounds the overshoot and the cost
 
 
@@ -86,7 +87,11 @@ class Lifecycle:
 
     async def run(self) -> None:
         failures = 0
+        # Every group commit wakes this loop (a batch may be done); ticking 20 times a second costs
+        # more than it tells, so ticks are spaced at least this far apart.
+        min_gap_s = min(MIN_TICK_GAP_S, self._settings.engine.poll_interval_s)
         while not self._stopping:
+            started = time.monotonic()
             try:
                 await self.tick()
                 failures = 0
@@ -96,6 +101,8 @@ class Lifecycle:
                 if failures % 3 == 0:  # a connection left broken must not wedge the engine for good
                     await self._store.reset_connections()
             await wait_for_event(self._wake, self._settings.engine.poll_interval_s)
+            if (rest := min_gap_s - (time.monotonic() - started)) > 0 and not self._stopping:
+                await asyncio.sleep(rest)
 
     async def stop(self) -> None:
         self._stopping = True

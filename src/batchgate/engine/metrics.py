@@ -40,3 +40,34 @@ TOKENS = Counter("batchgate_tokens_total", "Tokens the upstreams reported for su
                  ["model", "kind"])
 COST_USD = Counter("batchgate_cost_usd_total", "Spend of succeeded requests at the model's configured price",
                    ["model"])
+
+FINISHED_OK = REQUESTS_FINISHED.labels("succeeded")  # bound once: `labels()` costs more than the increment
+FINISHED_FAILED = REQUESTS_FINISHED.labels("failed")
+
+
+class DeploymentSeries:
+    """One deployment's labelled series, bound once (the hot path touches them on every call)."""
+
+    def __init__(self, deployment: str) -> None:
+        self._deployment = deployment
+        self.in_flight = REQUESTS_IN_FLIGHT.labels(deployment)
+        self.latency = UPSTREAM_LATENCY.labels(deployment)
+        self.throttled = THROTTLED.labels(deployment)
+        self.circuit_open = CIRCUIT_OPEN.labels(deployment)
+        self._replies: dict[tuple[str, str], Counter] = {}
+
+    def replies(self, model: str, status: str) -> Counter:
+        child = self._replies.get((model, status))
+        if child is None:
+            child = self._replies[(model, status)] = UPSTREAM_REPLIES.labels(model, self._deployment, status)
+        return child
+
+
+class ModelSeries:
+    """One model's labelled series, bound once."""
+
+    def __init__(self, model: str) -> None:
+        self.retries = RETRIES.labels(model)
+        self.input_tokens = TOKENS.labels(model, "input")
+        self.output_tokens = TOKENS.labels(model, "output")
+        self.cost_usd = COST_USD.labels(model)
