@@ -28,14 +28,11 @@ def write_input(path: Path, lines: int, line_bytes: int) -> int:
     return path.stat().st_size
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lines", type=int, default=50_000)
-    parser.add_argument("--line-kb", type=float, default=4.0)
-    args = parser.parse_args()
+def measure(lines: int, line_kb: float) -> dict:
+    """Upload + validation of one big input on a fresh server: seconds, MB and peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "input.jsonl"
-        size = write_input(path, args.lines, int(args.line_kb * 1000))
+        size = write_input(path, lines, int(line_kb * 1000))
         # The upstream is never reached: the batch is cancelled as soon as it is validated.
         config = {"models": [{"name": "fake-model", "deployments": [{
             "provider": "openai", "base_url": "http://127.0.0.1:9/v1", "max_concurrency": 1, "timeout_s": 1}]}],
@@ -53,14 +50,24 @@ def main() -> None:
             client.batches.cancel(batch.id)
             rss_peak = peak_rss_mb(server.pid)
             assert batch.status != "failed", batch.errors
-            assert batch.request_counts.total == args.lines, batch.request_counts
+            assert batch.request_counts.total == lines, batch.request_counts
         finally:
             server.stop()
-    print(f"\nlarge file: {args.lines} lines, {size / 1e6:.0f} MB")
-    print(f"upload {upload_s:.2f} s ({size / 1e6 / upload_s:.0f} MB/s); validation {validate_s:.2f} s "
-          f"({args.lines / validate_s:,.0f} lines/s)")
-    print(f"server peak RSS {rss_peak:.0f} MiB (idle {rss_idle:.0f} MiB); target ≤ 300 MiB → "
-          f"{rss_peak / 300:.2f} of the target")
+    return {"lines": lines, "mb": size / 1e6, "upload_s": upload_s, "validate_s": validate_s,
+            "rss_idle_mb": rss_idle, "rss_peak_mb": rss_peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", type=int, default=50_000)
+    parser.add_argument("--line-kb", type=float, default=4.0)
+    args = parser.parse_args()
+    r = measure(args.lines, args.line_kb)
+    print(f"\nlarge file: {r['lines']} lines, {r['mb']:.0f} MB")
+    print(f"upload {r['upload_s']:.2f} s ({r['mb'] / r['upload_s']:.0f} MB/s); validation {r['validate_s']:.2f} s "
+          f"({r['lines'] / r['validate_s']:,.0f} lines/s)")
+    print(f"server peak RSS {r['rss_peak_mb']:.0f} MiB (idle {r['rss_idle_mb']:.0f} MiB); target ≤ 300 MiB → "
+          f"{r['rss_peak_mb'] / 300:.2f} of the target")
 
 
 if __name__ == "__main__":

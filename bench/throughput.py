@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +24,20 @@ import openai
 from common import FakeUpstreamProcess, ServerProcess, cpu_seconds, peak_rss_mb, wait_status
 
 
-def request_line(i: int) -> dict:
+def request_line(i: int, jitter_ms: tuple[float, float] | None = None) -> dict:
+    """One chat request; with `jitter_ms` (mean, spread) its own upstream latency, drawn from a
+    seeded RNG so the bare loop and the gateway see the very same latencies."""
+    content = f"classify row {i}"
+    if jitter_ms is not None:
+        mean, spread = jitter_ms
+        content += f" @latency:{random.Random(i).uniform(mean - spread, mean + spread):.0f}"
     return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "fake-model", "messages": [{"role": "user", "content": f"classify row {i}"}],
-                     "max_tokens": 16}}
+            "body": {"model": "fake-model", "messages": [{"role": "user", "content": content}], "max_tokens": 16}}
 
 
-async def bare_loop(url: str, requests: int, concurrency: int) -> float:
-    """requests/s of a plain aiohttp client doing the same calls, no gateway."""
+async def bare_loop(url: str, requests: int, concurrency: int,
+                    jitter_ms: tuple[float, float] | None = None) -> tuple[float, float]:
+    """(requests/s, CPU ms per request) of a plain aiohttp client doing the same calls, no gateway."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
@@ -39,14 +46,17 @@ async def bare_loop(url: str, requests: int, concurrency: int) -> float:
         async def worker() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
-                async with session.post(url + "/chat/completions", json=request_line(i)["body"]) as response:
+                body = request_line(i, jitter_ms)["body"]
+                async with session.post(url + "/chat/completions", json=body) as response:
                     await response.read()
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return requests / (time.perf_counter() - start)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return requests / elapsed, 1000 * cpu / requests
 
 
-def gateway_run(upstream_url: str, requests: int, concurrency: int, workdir: Path) -> dict:
+def gateway_run(upstream_url: str, requests: int, concurrency: int, workdir: Path,
+                jitter_ms: tuple[float, float] | None = None) -> dict:
     config = {
         "models": [{"name": "fake-model", "deployments": [{
             "provider": "openai", "base_url": upstream_url, "api_key": "k", "max_concurrency": concurrency}]}],
@@ -54,7 +64,7 @@ def gateway_run(upstream_url: str, requests: int, concurrency: int, workdir: Pat
     input_path = workdir / "input.jsonl"
     with open(input_path, "w") as fh:
         for i in range(requests):
-            fh.write(json.dumps(request_line(i)) + "\n")
+            fh.write(json.dumps(request_line(i, jitter_ms)) + "\n")
     server = ServerProcess(config, workdir=workdir / "server").start().wait_ready()
     try:
         client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
@@ -83,7 +93,7 @@ def main() -> None:
     limit = args.concurrency / (args.latency_ms / 1000)
     upstream = FakeUpstreamProcess(latency_ms=args.latency_ms).start()
     try:
-        bare = asyncio.run(bare_loop(upstream.url, args.requests, args.concurrency))
+        bare, _ = asyncio.run(bare_loop(upstream.url, args.requests, args.concurrency))
         with tempfile.TemporaryDirectory() as tmp:
             gateway = gateway_run(upstream.url, args.requests, args.concurrency, Path(tmp))
     finally:

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # Rows claimed ahead of free slots, as a fraction of capacity: a finished request's slot is
 # refilled from memory at once, and the database is asked for rows in chunks, not one by one.
 PREFETCH_DIVISOR = 4
+# ...but never fewer than this: each claim is a statement with a fixed cost, and a buffer refilled
+# two rows at a time makes small deployments pay it for every other request.
+MIN_PREFETCH = 16
 POLL_SLOT_S = 0.5  # a request waiting to retry looks again at least this often
 
 
@@ -176,7 +179,7 @@ class Dispatcher:
             self._start_ready(pool, ready)
             # Sized from the slots this process holds (all of them on one node; its share when scaled out).
             capacity = sum(d.limits.capacity for d in pool.deployments)
-            prefetch = max(1, capacity // PREFETCH_DIVISOR)
+            prefetch = max(MIN_PREFETCH, capacity // PREFETCH_DIVISOR) if capacity else 1
             # Refill only when the buffer ran low, so one claim query serves several requests.
             if len(ready) > prefetch // 2 and pool.free_slots() == 0:
                 continue
@@ -221,19 +224,22 @@ class Dispatcher:
                 group = by_team[team]
                 start = self._cursor[team] % len(group)
                 self._cursor[team] += 1
-                for index, batch in enumerate(group[start:] + group[:start]):
-                    want = units // len(group) + (1 if index < units % len(group) else 0)
-                    if want == 0:
+                # The team's whole share goes to one batch per round (the cursor takes the next one
+                # next round): one claim statement per team, not one per batch, so a round stays
+                # short however many batches run. What a batch cannot use passes to the next.
+                for batch in group[start:] + group[:start]:
+                    if units == 0:
                         still_hungry.append(batch)
                         continue
-                    claimed = await self._store.claim(batch.id, self._owner, want, now, lease_until)
+                    claimed = await self._store.claim(batch.id, self._owner, units, now, lease_until)
                     if claimed:
                         out.append((batch, claimed))
                         free -= len(claimed)
-                    if len(claimed) == want:
+                    if len(claimed) == units:
                         still_hungry.append(batch)
-                    else:
-                        fair.refund(team, want - len(claimed), weights[team])
+                    units -= len(claimed)
+                if units:
+                    fair.refund(team, units, weights[team])
             hungry = still_hungry
         return out
 
