@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    limit = args.concurrency / (args.latency_ms / 1000)
+    limit = args.concurrency / (args.latency_ms / 1000) if args.latency_ms else float("inf")
     upstream = FakeUpstreamProcess(latency_ms=args.latency_ms).start()
     try:
         bare, _ = asyncio.run(bare_loop(upstream.url, args.requests, args.concurrency))
