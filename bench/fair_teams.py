@@ -75,7 +75,8 @@ def main() -> None:
     r = measure(args.latency_ms, args.concurrency)
     total = sum(r["delta"].values())
     print(f"\nfairness: 4 teams x 5 batches {SIZES}, weights {list(WEIGHTS.values())}; {r['samples']} samples over "
-          f"{r['window_s']:.1f} s, {total} requests ({r['rps']:.0f} req/s = {r['rps'] / r['capacity']:.2f} of capacity)")
+          f"{r['window_s']:.1f} s, {total} requests ({r['rps']:.0f} req/s = "
+          f"{r['rps'] / r['capacity']:.2f} of capacity)")
     print(f"{'team':6}{'weight':>8}{'requests':>10}{'share':>8}{'target':>8}{'share/target':>14}")
     for name, weight in WEIGHTS.items():
         share, target = r["delta"][name] / max(1, total), weight / sum(WEIGHTS.values())

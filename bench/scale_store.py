@@ -34,7 +34,8 @@ def fill(db: Path, batches: int, per_batch: int) -> list[str]:
     conn = sqlite3.connect(db)
     with conn:
         conn.executemany(
-            "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at) VALUES (?, 'in.jsonl', 'batch', 1, '', ?)",
+            "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at)"
+            " VALUES (?, 'in.jsonl', 'batch', 1, '', ?)",
             [(f"file-{i:026d}", now) for i in range(batches)])
         conn.executemany(
             "INSERT INTO batches (id, endpoint, model, input_file_id, completion_window, status, created_at, "
@@ -46,7 +47,8 @@ def fill(db: Path, batches: int, per_batch: int) -> list[str]:
             conn.executemany(
                 "INSERT INTO requests (batch_id, line_no, custom_id, \"offset\", length, state, attempts, "
                 "next_attempt_at) VALUES (?, ?, ?, 0, 1, 'done', 1, 0)",
-                [(batch_id, line, f"c{line}") for batch_id in ids[start:start + 500] for line in range(1, per_batch + 1)])
+                [(batch_id, line, f"c{line}") for batch_id in ids[start:start + 500]
+                 for line in range(1, per_batch + 1)])
     conn.close()
     return ids
 

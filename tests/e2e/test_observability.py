@@ -28,7 +28,8 @@ def test_metrics_count_api_calls_upstream_attempts_tokens_cost_and_the_queue(
              "price": {"input_per_mtok": 1000.0, "output_per_mtok": 2000.0}}
     server = make_server(gateway_config(model))
     # One line fails twice with a 503 then succeeds; one is throttled once; the rest answer at once.
-    rows = [chat_line("flaky", "flaky @status:503:2", model="fast"), chat_line("busy", "busy @status:429:1", model="fast"),
+    rows = [chat_line("flaky", "flaky @status:503:2", model="fast"),
+            chat_line("busy", "busy @status:429:1", model="fast"),
             *[chat_line(f"ok{i}", f"fine {i}", model="fast") for i in range(8)]]
     with openai_client(server) as client:
         batch = wait_terminal(client, submit(client, rows).id)
