@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # llama-cpp-python compiles from source (no wheel for this platform); use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install run test lint bench bench-pg clean
+.PHONY: install run test lint chaos bench bench-detail bench-pg clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ test: install lint
 	bash scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest -q
 
-bench: install
+chaos: install  # the full chaos run: 5,000 requests, 10 SIGKILLs (`make test` runs the short form)
+	BATCHGATE_CHAOS_SCALE=full $(BIN)/python -m pytest -q -s tests/chaos
+
+bench: install  # the headline figures against their targets, one table, written to bench/RESULTS.md
+	$(BIN)/python bench/suite.py
+
+bench-detail: install  # the older, more detailed benchmarks, one after another
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/large_file.py
 	$(BIN)/python bench/http_clients.py
@@ -37,6 +43,7 @@ bench: install
 bench-pg: install  # needs root and Debian's postgresql, like `make test`
 	bash scripts/ensure-postgres.sh
 	$(BIN)/python bench/pg_indexes.py
+	$(BIN)/python bench/scale_out.py
 
 clean:
 	rm -rf $(VENV) .batchgate .pytest_cache .ruff_cache

@@ -29,7 +29,9 @@ Control endpoints (outside ``/v1``): ``POST /_control`` ``{latency_ms, fail_stat
 retry_after, rpm, rpm_window_s}``, ``GET /_stats``, ``POST /_reset`` (stats, attempt counters, the
 RPM window and controls back to their start-up values). ``/_stats`` also gives
 ``first_request_at`` and ``last_answer_at`` (Unix time of the first API call and of the last API
-answer, null before any) so a benchmark can measure a rate on the upstream's own clock.
+answer, null before any) so a benchmark can measure a rate on the upstream's own clock, and
+``answers_repeated``: 200 answers given to a body that had had one already (work the upstream did
+twice, e.g. because a crashed client lost the first answer).
 
 Run as a process: ``python tests/fake_upstream.py --host 127.0.0.1 --port 0 [--latency-ms 50]
 [--rpm N [--rpm-window-s W]]`` prints ``READY <port>`` once listening. In-process: ``FakeUpstream`` (``await start()``,
@@ -212,6 +214,7 @@ class _Stats:
         self.by_path: dict[str, int] = {}
         self.max_in_flight = self.in_flight
         self.attempts: dict[bytes, int] = {}  # body hash -> attempts seen
+        self.answered: dict[bytes, int] = {}  # body hash -> 200 answers given
         self.models_seen: dict[str, int] = {}
         self.auth_headers: dict[str, None] = {}  # an ordered set
         self.fail_counter = 0
@@ -231,6 +234,7 @@ class _Stats:
             "max_in_flight": self.max_in_flight,
             "bodies_seen": len(self.attempts),
             "bodies_repeated": sum(1 for n in self.attempts.values() if n > 1),
+            "answers_repeated": sum(n - 1 for n in self.answered.values()),
             "models_seen": dict(self.models_seen),
             "auth_headers": list(self.auth_headers),
             "first_request_at": self.first_request_at,
@@ -613,6 +617,7 @@ class FakeUpstream:
             error = _error_body(400, "streaming is not supported by the fake upstream", "stream")
             return self._json(stats, 400, error, headers)
         answer = _BUILDERS[request.path](body, n, model)
+        stats.answered[key] = stats.answered.get(key, 0) + 1
         return self._json(stats, 200, answer, headers)
 
     @staticmethod

@@ -8,6 +8,8 @@ reader never sees half a file and an aborted upload leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -16,6 +18,11 @@ from pathlib import Path
 from typing import Protocol
 
 CHUNK = 1 << 20
+HASH_IN_THREAD_BYTES = 256 * 1024  # hashing a chunk this big would hold up the event loop
+
+
+class BlobMismatch(Exception):
+    """A stored blob is no longer what was written: other size or other sha256 (truncated, garbled)."""
 
 
 class BlobWriter(Protocol):
@@ -73,9 +80,15 @@ class LocalWriter:
         os.replace(self._tmp, self._final)
 
     async def abort(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+        # close() flushes the buffer, which fails again on a full or read-only disk; the part must
+        # go all the same (the descriptor is closed even when the flush raises).
+        try:
+            if not self._fh.closed:
+                with contextlib.suppress(OSError):
+                    self._fh.close()
+        finally:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink(missing_ok=True)
 
 
 class LocalBlobStore:
@@ -124,8 +137,17 @@ class LocalBlobStore:
         self._path(key).unlink(missing_ok=True)
 
     async def ping(self) -> None:
-        if not await asyncio.to_thread(os.access, self.root, os.W_OK):
-            raise OSError(f"blob directory {self.root} is not writable")
+        await asyncio.to_thread(self._check_writable)
+
+    def _check_writable(self) -> None:
+        """Raise unless an upload could be stored now: the directory writable and not full."""
+        fs = os.statvfs(self.root)
+        if fs.f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, f"blob directory {self.root} is on a read-only file system")
+        if not os.access(self.root, os.W_OK):
+            raise OSError(errno.EACCES, f"blob directory {self.root} is not writable")
+        if fs.f_bavail == 0:
+            raise OSError(errno.ENOSPC, f"blob directory {self.root} is full (no space left on device)")
 
     def committed_keys(self) -> list[str]:
         """Every committed blob (temporary parts excluded)."""
@@ -138,6 +160,58 @@ class LocalBlobStore:
             part.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+class VerifyingBlobStore:
+    """A view of a store whose whole-blob reads check the recorded size and sha256 of `expected` blobs.
+
+    At the end of ``iter_chunks`` of such a blob (or as soon as it is longer than recorded) it raises
+    BlobMismatch, so a reader that streams a file once (validation) learns that the stored copy was
+    truncated or garbled instead of quietly taking what is left. Other calls pass straight through.
+    """
+
+    def __init__(self, store: BlobStore, expected: dict[str, tuple[int, str | None]]) -> None:
+        self._store = store
+        self._expected = expected  # key -> (bytes, sha256 hex or None)
+
+    async def writer(self, key: str) -> BlobWriter:
+        return await self._store.writer(key)
+
+    async def read_range(self, key: str, offset: int, length: int) -> bytes:
+        return await self._store.read_range(key, offset, length)
+
+    async def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        return await self._store.read_ranges(key, ranges)
+
+    async def size(self, key: str) -> int:
+        return await self._store.size(key)
+
+    async def delete(self, key: str) -> None:
+        await self._store.delete(key)
+
+    async def ping(self) -> None:
+        await self._store.ping()
+
+    async def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        if key not in self._expected:
+            async for chunk in self._store.iter_chunks(key, chunk_size):
+                yield chunk
+            return
+        size, digest = self._expected[key]
+        sha, seen = hashlib.sha256(), 0
+        async for chunk in self._store.iter_chunks(key, chunk_size):
+            seen += len(chunk)
+            if seen > size:
+                raise BlobMismatch(f"blob {key} holds more than the {size} bytes recorded for it")
+            if len(chunk) >= HASH_IN_THREAD_BYTES:
+                await asyncio.to_thread(sha.update, chunk)
+            else:
+                sha.update(chunk)
+            yield chunk
+        if seen != size:
+            raise BlobMismatch(f"blob {key} holds {seen} bytes, not the {size} recorded for it (truncated)")
+        if digest is not None and sha.hexdigest() != digest:
+            raise BlobMismatch(f"blob {key} does not match the sha256 recorded for it (its content changed)")
 
 
 async def iter_lines(

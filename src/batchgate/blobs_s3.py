@@ -9,6 +9,7 @@ leaves no object behind (S3 drops the incomplete parts).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,13 @@ import obstore
 from obstore.store import S3Store
 
 from batchgate.blobs import CHUNK
+
+
+def _storage_error(exc: Exception, doing: str) -> OSError:
+    """obstore's own exception types as OSError, which callers (the upload route) treat as storage trouble."""
+    if isinstance(exc, OSError):
+        return exc
+    return OSError(errno.EIO, f"S3 {doing} failed: {type(exc).__name__}: {exc}")
 
 
 class S3Writer:
@@ -38,10 +46,16 @@ class S3Writer:
         self.size += len(data)
         self._newlines += data.count(b"\n")
         self._open_line = not data.endswith(b"\n")
-        await self._file.write(data)
+        try:
+            await self._file.write(data)
+        except Exception as exc:
+            raise _storage_error(exc, "upload") from exc
 
     async def commit(self) -> str:
-        await self._file.close()  # completes the upload: only now does the object exist
+        try:
+            await self._file.close()  # completes the upload: only now does the object exist
+        except Exception as exc:
+            raise _storage_error(exc, "upload") from exc
         return self._sha.hexdigest()
 
     async def abort(self) -> None:

@@ -48,6 +48,24 @@ def _logging(log_format: str) -> None:
     configure("json" if log_format == "json" else "text")
 
 
+def _drained_server_class() -> type:
+    import contextlib
+
+    import uvicorn
+
+    class DrainedServer(uvicorn.Server):
+        """uvicorn re-raises the SIGTERM it handled once shutdown is over (exit 143); a drained
+        shutdown is a success, so `serve` exits 0 as `worker` does."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[no-untyped-def]
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
+    return DrainedServer
+
+
 @app.command()
 def serve(config: ConfigOption = None,
           host: Annotated[str | None, typer.Option(help="bind address (default from config: 127.0.0.1)")] = None,
@@ -67,9 +85,11 @@ def serve(config: ConfigOption = None,
     except ConfigError as exc:
         _fail(str(exc))
     _logging(log_format)
-    uvicorn.run(create_app(settings, run_engine=not no_engine), host=bind_host, port=port or settings.server.port,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10,
-                log_config=None)  # uvicorn's own records go through our handler (and format)
+    config = uvicorn.Config(create_app(settings, run_engine=not no_engine), host=bind_host,
+                            port=port or settings.server.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=10,
+                            log_config=None)  # uvicorn's own records go through our handler (and format)
+    _drained_server_class()(config).run()
 
 
 @app.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import re
 import time
 
@@ -17,8 +19,10 @@ from batchgate.api.params import choice_param, int_param
 from batchgate.api.responses import JSON
 from batchgate.api.serialize import file_object, page
 from batchgate.engine import metrics
-from batchgate.errors import Conflict, InvalidRequest, NotFound
+from batchgate.errors import APIError, Conflict, InvalidRequest, NotFound
 from batchgate.gateway import Gateway
+
+log = logging.getLogger(__name__)
 
 PURPOSES = ("batch", "assistants", "fine-tune", "vision", "user_data", "evals")
 LISTABLE_PURPOSES = (*PURPOSES, "batch_output")
@@ -48,13 +52,33 @@ def _expiry_seconds(fields: dict[str, str], purpose: str) -> int | None:
     return int(seconds)
 
 
+class StorageError(APIError):
+    """The files storage cannot take an upload: the server's trouble, not the client's request."""
+
+    error_type = "server_error"
+
+
+def storage_error(exc: OSError) -> StorageError:
+    """507 when the storage is full, 503 for any other storage failure; the message names the cause."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    log.warning("upload refused, the files storage failed: %s", exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"the files storage is full ({cause}); the upload was not stored",
+                            status_code=507, code="storage_full")
+    return StorageError(f"the files storage cannot store uploads right now ({cause}); the upload was not stored",
+                        status_code=503, code="storage_unavailable")
+
+
 async def upload_file(request: Request) -> JSON:
     principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     pinned = truefoundry.provider_name(request, gateway)  # checked before a byte is stored
     file_id = ids.file_id()
-    upload = await read_multipart(request, "file", lambda: gateway.blobs.writer(file_id),
-                                  gateway.settings.limits.max_upload_bytes)
+    try:  # read_multipart aborts the blob on any error, so a failed write leaves nothing behind
+        upload = await read_multipart(request, "file", lambda: gateway.blobs.writer(file_id),
+                                      gateway.settings.limits.max_upload_bytes)
+    except OSError as exc:
+        raise storage_error(exc) from exc
     writer = upload.writer
     try:
         if writer is None:
@@ -67,7 +91,10 @@ async def upload_file(request: Request) -> JSON:
             raise InvalidRequest(f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}", param="purpose",
                                  code="invalid_parameter")
         expires_s = _expiry_seconds(upload.fields, purpose)
-        sha = await writer.commit()
+        try:
+            sha = await writer.commit()
+        except OSError as exc:  # fsync or rename: a full or read-only disk often shows only here
+            raise storage_error(exc) from exc
     except BaseException:
         if writer is not None:
             await writer.abort()

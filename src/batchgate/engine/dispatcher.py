@@ -41,6 +41,7 @@ PREFETCH_DIVISOR = 4
 # ...but never fewer than this: each claim is a statement with a fixed cost, and a buffer refilled
 # two rows at a time makes small deployments pay it for every other request.
 MIN_PREFETCH = 16
+READ_RETRY_S = 5.0  # request bodies that could not be read are claimed again after this long
 POLL_SLOT_S = 0.5  # a request waiting to retry looks again at least this often
 
 
@@ -191,11 +192,22 @@ class Dispatcher:
             for batch, claimed in claims:
                 try:
                     bodies = await self._read_bodies(batch, claimed)
+                except FileNotFoundError:
+                    # The input is gone from the blob store for good: these lines can never run.
+                    log.error("the input of %s is missing from the blob store; %d requests end unanswered",
+                              batch.id, len(claimed), extra={"batch_id": batch.id})
+                    for request in claimed:
+                        self._finish(batch, request, UpstreamReply(
+                            None, error_code="input_file_missing",
+                            error_message="the batch's input file is no longer in the blob store"))
+                    continue
                 except Exception:
-                    # Hand the rows straight back: a lease we keep renewing would strand them.
-                    log.exception("reading %d request bodies of %s failed; re-queued", len(claimed), batch.id,
-                                  extra={"batch_id": batch.id})
-                    await self._store.release_rows(batch.id, [c.line_no for c in claimed])
+                    # Hand the rows back, a little later: a lease we keep renewing would strand them,
+                    # and an immediate retry would spin on a store that keeps failing.
+                    log.exception("reading %d request bodies of %s failed; re-queued in %gs", len(claimed),
+                                  batch.id, READ_RETRY_S, extra={"batch_id": batch.id})
+                    await self._store.release_rows(batch.id, [c.line_no for c in claimed],
+                                                   retry_at=time.time() + READ_RETRY_S)
                     continue
                 for request, line in bodies:
                     item = self._guarded(_parse(batch, request, line))

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from batchgate.aio import wait_for_event
-from batchgate.blobs import BlobStore
+from batchgate.blobs import BlobMismatch, BlobStore, VerifyingBlobStore
 from batchgate.budgets import over_budget
 from batchgate.config import Settings
 from batchgate.engine import metrics
@@ -32,6 +32,18 @@ MAX_PARALLEL_VALIDATIONS = 2
 HOUSEKEEPING_EVERY_S = 10.0
 MIN_TICK_GAP_S = 0.25
 BUDGET_CHECK_EVERY_S = 1.0  # spend is summed in SQL; once a second bounds the overshoot and the cost
+STORAGE_WARNING_EVERY_S = 30.0  # a step retried every tick against broken storage logs this often, not each time
+
+
+def _unreadable_input(exc: Exception) -> ValidationReport:
+    """The stored input is gone or no longer the bytes uploaded: fail the batch saying so, never run part of it."""
+    report = ValidationReport()
+    if isinstance(exc, FileNotFoundError):
+        message = "the input file's content is missing from the files storage; upload it again"
+    else:
+        message = f"the stored input file is corrupt ({exc}); upload it again"
+    report.add("file_corrupted", message, None, "input_file_id")
+    return report
 
 
 def _allowed_models(settings: Settings, batch: Row) -> list[str]:
@@ -81,6 +93,7 @@ class Lifecycle:
         self._on_batch_done = on_batch_done
         self._deployment_models = deployment_names(settings)
         self._last_budget_check = 0.0
+        self._warned_at: dict[str, float] = {}  # storage warnings by what failed, for rate limiting
 
     def wake(self) -> None:
         self._wake.set()
@@ -174,6 +187,19 @@ class Lifecycle:
         self.wake()
 
     async def _validate(self, batch: Row) -> None:
+        try:
+            await self._validate_once(batch)
+            self._warned_at.pop(f"validate:{batch['id']}", None)
+        except (FileNotFoundError, BlobMismatch) as exc:
+            log.warning("batch %s: its input file %s cannot be used: %s", batch["id"], batch["input_file_id"], exc,
+                        extra={"batch_id": batch["id"]})
+            await self._store.delete_requests(batch["id"])
+            await self._fail(batch, _unreadable_input(exc))
+        except Exception as exc:  # storage or database trouble: the next tick validates again
+            self._warn(f"validate:{batch['id']}", "validation of batch %s failed, retrying: %s: %s",
+                       batch["id"], type(exc).__name__, exc)
+
+    async def _validate_once(self, batch: Row) -> None:
         batch_id = batch["id"]
         current = await self._store.get_batch(batch_id)
         if current is None or current["status"] != "validating":
@@ -199,8 +225,11 @@ class Lifecycle:
             current = await self._store.get_batch(batch_id)
             return current is None or current["status"] != "validating"
 
+        # Reading through the recorded size and sha256 turns a truncated or garbled stored copy into
+        # a failed batch, instead of a batch that quietly runs whatever lines are left.
+        verified = VerifyingBlobStore(self._blobs, {file["id"]: (file["bytes"], file["sha256"])})
         report = await validate_input(
-            self._blobs, file["id"], file["bytes"], batch["endpoint"], self._settings.limits,
+            verified, file["id"], file["bytes"], batch["endpoint"], self._settings.limits,
             _allowed_models(self._settings, batch), batch["model_override"], write_rows, cancelled,
         )
         if report is None:
@@ -289,7 +318,12 @@ class Lifecycle:
         fresh = await self._store.get_batch(batch["id"])
         if fresh is None or fresh["status"] != from_status:
             return
-        new_files = await write_result_files(self._store, self._blobs, fresh, now)
+        try:
+            new_files = await write_result_files(self._store, self._blobs, fresh, now)
+        except OSError as exc:  # a full or read-only files storage: stay in from_status, retry next tick
+            self._warn(f"finalize:{batch['id']}", "cannot write the result files of batch %s (%s); "
+                       "it stays %s and finalisation is retried", batch["id"], exc, from_status)
+            return
         output, error = new_files.get("output"), new_files.get("error")
         finished = await self._store.finish_batch(
             batch["id"], [from_status], to_status, list(new_files.values()),
@@ -303,9 +337,13 @@ class Lifecycle:
         metrics.BATCHES_FINISHED.labels(to_status).inc()
         log.info("batch %s %s: %d completed, %d failed", batch["id"], to_status, fresh["completed"], fresh["failed"],
                  extra={"batch_id": batch["id"], "status": to_status})
+        self._warned_at.pop(f"finalize:{batch['id']}", None)
         # Requests added to an open batch lived in segment blobs; the result files now hold their outcome.
         for key in await self._store.segment_keys(batch["id"]):
-            await self._blobs.delete(key)
+            try:
+                await self._blobs.delete(key)
+            except OSError as exc:  # the batch is finished either way; a start-up sweep removes orphans
+                self._warn(f"segment:{key}", "cannot delete segment %s of batch %s: %s", key, batch["id"], exc)
         self._done(batch["id"])
 
     async def _finish_without_files(self, batch: Row, from_status: str, to_status: str, **stamps: int) -> None:
@@ -325,5 +363,16 @@ class Lifecycle:
             log.warning("re-queued %d requests whose worker stopped renewing its lease", released)
             self._dispatcher.wake()
         for file_id in await self._store.expired_file_ids(int(now)):
-            await self._blobs.delete(file_id)
+            try:
+                await self._blobs.delete(file_id)
+            except OSError as exc:  # keep the row, so the next housekeeping tries again
+                self._warn("expire", "cannot delete expired file %s: %s", file_id, exc)
+                continue
             await self._store.delete_file(file_id)
+
+    def _warn(self, what: str, message: str, *args: Any) -> None:
+        """A warning for a step retried every tick, at most once per STORAGE_WARNING_EVERY_S for each `what`."""
+        now = time.monotonic()
+        if now - self._warned_at.get(what, -STORAGE_WARNING_EVERY_S) >= STORAGE_WARNING_EVERY_S:
+            self._warned_at[what] = now
+            log.warning(message, *args)

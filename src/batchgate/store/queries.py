@@ -334,15 +334,16 @@ class Store:
         async with self.engine.begin() as conn:
             return (await conn.execute(statement)).rowcount == 1
 
-    async def release_rows(self, batch_id: str, line_nos: list[int]) -> None:
-        """Put claimed rows back in the queue (their bodies could not be read this time)."""
+    async def release_rows(self, batch_id: str, line_nos: list[int], retry_at: float = 0.0) -> None:
+        """Put claimed rows back in the queue, to be claimed again from `retry_at` (their bodies
+        could not be read this time)."""
         async with self.engine.begin() as conn:
             for chunk in _chunks(line_nos, 500):
                 await conn.execute(
                     update(requests)
                     .where(requests.c.batch_id == batch_id, requests.c.line_no.in_(chunk),
                            requests.c.state == "running")
-                    .values(state="pending", lease_owner=None, lease_until=None)
+                    .values(state="pending", lease_owner=None, lease_until=None, next_attempt_at=retry_at)
                 )
 
     async def extend_leases(self, owner: str, lease_until: float) -> None:
