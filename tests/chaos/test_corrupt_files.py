@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -97,6 +98,22 @@ def test_damaged_input_before_validation_fails_the_batch(
         assert upstream.stats()["requests_total"] == 0, "a request of the damaged file was sent"
         run_good_batch(client, "after")
     assert not unexpected_tracebacks(server.log_text()), server.log_tail()
+
+
+@pytest.mark.parametrize("damage", ["truncated at a line end", "blob deleted"])
+def test_damaged_content_answers_an_error_not_a_cut_off_download(
+    damage: str, upstream: FakeUpstreamProcess, make_server: Any
+) -> None:
+    server = make_server(single_model_config(upstream.url))
+    with openai_client(server) as client:
+        file = upload(client, CONTENT)
+        DAMAGE[damage][0](blob_path(server, file.id))
+        response = httpx.get(f"{server.base_url}/files/{file.id}/content")
+        assert response.status_code == 500
+        error = response.json()["error"]
+        assert (error["code"], error["param"], error["type"]) == ("file_corrupted", "file_id", "server_error")
+        assert file.id in error["message"] and "damaged" in error["message"]
+        assert client.files.retrieve(file.id).bytes == len(CONTENT)  # the record itself is untouched
 
 
 def killed_mid_run(upstream: FakeUpstreamProcess, make_server: Any, content: bytes) -> tuple[ServerProcess, str, str]:

@@ -157,6 +157,16 @@ async def delete_file(request: Request) -> JSON:
 
 async def file_content(request: Request) -> StreamingResponse:
     gateway, row = await _visible_file(request)
+    # Checked before the 200 goes out: a damaged blob must be an error, not a cut-off download.
+    try:
+        stored = await gateway.blobs.size(row["id"])
+    except FileNotFoundError:
+        stored = None
+    if stored != row["bytes"]:
+        found = "missing" if stored is None else f"{stored} bytes, not the {row['bytes']} uploaded"
+        log.error("the stored content of %s is damaged: %s", row["id"], found)
+        raise StorageError(f"the stored content of {row['id']} is damaged ({found}); it cannot be served",
+                           param="file_id", code="file_corrupted", status_code=500)
     return StreamingResponse(
         gateway.blobs.iter_chunks(row["id"]), media_type="application/octet-stream",
         headers={"content-length": str(row["bytes"]),
