@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -12,8 +13,9 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from batchgate.api import admin, batches, files, ops, truefoundry, xai
+from batchgate.api import admin, batches, files, openapi, ops, truefoundry, xai
 from batchgate.api.observe import RequestMetrics
 from batchgate.api.responses import JSON
 from batchgate.config import Settings
@@ -54,6 +56,26 @@ async def _unexpected(request: Request, exc: Exception) -> JSON:
     return JSON(body, status_code=500)
 
 
+class RejectNulInUrl:
+    """A 400 for a NUL character anywhere in the path or query: no id, name or token holds one, and
+    PostgreSQL refuses it in any query (a 500 there), so it is turned away before any handler."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = scope.get("query_string", b"").decode("latin-1")
+            if "\x00" in scope["path"] or "%00" in query or "\x00" in query:
+                param = next((k or None for k, v in parse_qsl(query, keep_blank_values=True)
+                              if "\x00" in v and "\x00" not in k), None)
+                body = {"error": {"message": "the URL must not contain NUL characters (%00)",
+                                  "type": "invalid_request_error", "param": param, "code": "invalid_request"}}
+                await JSON(body, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def openai_routes() -> list:
     """The OpenAI Files + Batches surface, plus TrueFoundry's /output route: one set, mounted per dialect."""
     return [*files.routes(), *batches.routes(), *truefoundry.routes(), *ops.model_routes()]
@@ -69,6 +91,7 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
     return Starlette(
         routes=[
             *ops.routes(),
+            *openapi.routes(),
             Mount("/v1", routes=openai_routes()),
             # TrueFoundry's gateway paths; the longer prefix first, as Mount matches by prefix.
             Mount("/api/llm/api/inference/openai", routes=openai_routes()),
@@ -78,6 +101,6 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
         ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
                             Exception: _unexpected},
-        middleware=[Middleware(RequestMetrics)],
+        middleware=[Middleware(RequestMetrics), Middleware(RejectNulInUrl)],
         lifespan=lifespan,
     )

@@ -21,15 +21,19 @@ from batchgate.pricing import cost_usd
 from batchgate.store.queries import Row
 
 MAX_NAME = 128
+# Largest values the columns hold (rpm and max_queued_requests are INTEGER, timestamps BIGINT): a
+# larger one would fail in the database (a 500), not here.
+MAX_INT32, MAX_INT64 = 2**31 - 1, 2**63 - 1
 
 
 def _optional_number(data: dict[str, Any], name: str, kind: type, minimum: float) -> Any:
     value = data.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value < minimum:
-        raise InvalidRequest(f"'{name}' must be a {'number' if kind is float else 'whole number'} ≥ {minimum}",
-                             param=name, code="invalid_parameter")
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value < minimum \
+            or (kind is int and value > MAX_INT32):
+        what = f"a number ≥ {minimum}" if kind is float else f"a whole number from {minimum} to {MAX_INT32}"
+        raise InvalidRequest(f"'{name}' must be {what}", param=name, code="invalid_parameter")
     return kind(value)
 
 
@@ -131,17 +135,23 @@ async def usage(request: Request) -> JSON:
             raise NotFound(f"no such team: {team_name!r}", param="team", code="team_not_found")
         team_id = team["id"]
     since = request.query_params.get("since")
-    if since is not None and not since.isdigit():
+    # ASCII digits only (str.isdigit() also takes '²', which int() refuses), and a BIGINT.
+    if since is not None and not (since.isascii() and since.isdigit() and len(since) <= 19
+                                  and int(since) <= MAX_INT64):
         raise InvalidRequest("'since' must be a Unix timestamp in seconds", param="since", code="invalid_parameter")
     rows = await gateway.store.usage(team_id=team_id, key_id=request.query_params.get("key") or None,
                                      since=int(since) if since else None,
                                      batch_id=request.query_params.get("batch") or None)
     data = []
     for r in rows:
-        cost = cost_usd(gateway.settings, r["model"], r["input_tokens"], r["output_tokens"])
+        # PostgreSQL sums BIGINT columns as NUMERIC (Decimal), which neither float maths nor orjson take.
+        counts = {name: int(r[name] or 0) for name in ("batches", "completed", "failed", "input_tokens",
+                                                        "output_tokens")}
+        cost = cost_usd(gateway.settings, r["model"], counts["input_tokens"], counts["output_tokens"])
         data.append({"team": r["team"], "team_id": r["team_id"], "key_id": r["key_id"], "model": r["model"],
-                     "batches": r["batches"], "requests": {"completed": r["completed"], "failed": r["failed"]},
-                     "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
+                     "batches": counts["batches"],
+                     "requests": {"completed": counts["completed"], "failed": counts["failed"]},
+                     "input_tokens": counts["input_tokens"], "output_tokens": counts["output_tokens"],
                      "cost_usd": round(cost, 10)})
     return JSON({"object": "list", "data": data})
 

@@ -98,7 +98,11 @@ def encode_token(position: int | str) -> str:
     return base64.urlsafe_b64encode(orjson.dumps({"after": position})).decode().rstrip("=")
 
 
-def decode_token(request: Request, kind: type) -> Any:
+MAX_LINE, MAX_SEQ = 2**31 - 1, 2**63 - 1  # request line numbers are INTEGER, result positions BIGINT
+
+
+def decode_token(request: Request, kind: type, maximum: int = MAX_SEQ) -> Any:
+    """The position a `pagination_token` carries: a str (a batch id) or an int in 0..maximum; else a 400."""
     raw = request.query_params.get("pagination_token")
     if not raw:
         return None
@@ -106,7 +110,7 @@ def decode_token(request: Request, kind: type) -> Any:
         value = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))["after"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         value = None
-    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and not 0 <= value < 2**63):
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and not 0 <= value <= maximum):
         raise InvalidRequest("invalid pagination_token", param="pagination_token", code="invalid_parameter")
     return value
 
@@ -192,9 +196,18 @@ async def add_requests(request: Request) -> JSON:
     gateway: Gateway = request.app.state.gateway
     limits = gateway.settings.limits
     batch = await visible_batch(request, principal)
-    data = await json_object(request, max_bytes=limits.max_add_bytes)
+    # Request bodies go to a blob and may hold anything; only the ids and the model reach the database.
+    data = await json_object(request, max_bytes=limits.max_add_bytes, allow_nul=True)
     configured = principal.allowed_models([m.name for m in gateway.settings.models])
-    items, model = parse_add_requests(data, known_models=configured, max_items=limits.max_add_requests)
+    try:
+        items, model = parse_add_requests(data, known_models=configured, max_items=limits.max_add_requests)
+    except orjson.JSONEncodeError as exc:  # written back as an input line: orjson writes 254 levels at most
+        raise InvalidRequest(f"a request in 'batch_requests' nests JSON too deeply to be stored ({exc})",
+                             param="batch_requests", code="invalid_request") from None
+    for index, item in enumerate(items):
+        if "\x00" in item.request_id:
+            raise InvalidRequest(f"batch_requests[{index}]: batch_request_id must not contain NUL characters",
+                                 param=f"batch_requests[{index}].batch_request_id", code="invalid_request")
     await check_queue_quota(gateway, principal, len(items))
     segment = "seg_" + ids.new_ulid()
     writer = await gateway.blobs.writer(segment)
@@ -249,7 +262,7 @@ async def list_requests(request: Request) -> JSON:
     gateway: Gateway = request.app.state.gateway
     batch = await visible_batch(request, principal)
     limit = int_param(request, "limit", 100, 1, 1000)
-    after = decode_token(request, int) or 0
+    after = decode_token(request, int, MAX_LINE) or 0
     rows = await gateway.store.request_page(batch["id"], after, limit + 1)
     page = rows[:limit]
     return JSON({

@@ -16,6 +16,8 @@ from batchgate.blobs import BlobStore, iter_lines
 from batchgate.config import LimitsConfig
 
 MAX_REPORTED_ERRORS = 100
+NUL_MESSAGE = "'{name}' must not contain NUL characters (\\u0000)"
+MAX_DEPTH = 254  # the most nesting orjson writes back; the dispatcher re-serialises every body
 ROW_CHUNK = 2000
 
 
@@ -61,11 +63,18 @@ class LineChecker:
         if not isinstance(data, dict):
             report.add("invalid_json_line", f"line {line} must be a JSON object, got {type(data).__name__}", line)
             return None
+        if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and not _serialisable(data):  # counting is cheap
+            report.add("invalid_json_line", f"line {line} nests JSON more than {MAX_DEPTH} levels deep, more than "
+                       "the gateway can forward", line)
+            return None
         before = report.error_count
         custom_id = data.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
             report.add("missing_required_parameter", _missing_or_typed("custom_id", custom_id, "a non-empty string"),
                        line, "custom_id")
+            custom_id = None
+        elif "\x00" in custom_id:  # PostgreSQL cannot store it: the batch would fail at its first write
+            report.add("missing_required_parameter", NUL_MESSAGE.format(name="custom_id"), line, "custom_id")
             custom_id = None
         elif custom_id in self.seen_ids:
             report.add("duplicate_custom_id", f"custom_id {_short(custom_id)} appears more than once", line,
@@ -99,6 +108,9 @@ class LineChecker:
         if not isinstance(model, str) or not model:
             report.add("missing_required_parameter", _missing_or_typed("body.model", model, "a non-empty string"),
                        line, "body.model")
+            return
+        if "\x00" in model:
+            report.add("missing_required_parameter", NUL_MESSAGE.format(name="body.model"), line, "body.model")
             return
         if self.model is None:
             self.model = model
@@ -158,6 +170,14 @@ async def validate_input(
         await write_rows(rows)
     report.model = checker.model
     return report
+
+
+def _serialisable(data: Any) -> bool:
+    try:
+        orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def _short(value: Any, limit: int = 80) -> str:

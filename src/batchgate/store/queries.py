@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import BigInteger, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
@@ -183,9 +183,11 @@ class Store:
         query = (
             select(batches.c.team_id, teams.c.name.label("team"), batches.c.create_api_key_id.label("key_id"),
                    batches.c.model, func.count().label("batches"),
-                   func.sum(batches.c.completed).label("completed"), func.sum(batches.c.failed).label("failed"),
-                   func.sum(batches.c.input_tokens).label("input_tokens"),
-                   func.sum(batches.c.output_tokens).label("output_tokens"))
+                   # PostgreSQL sums BIGINTs as NUMERIC (Decimal); cast back so prices multiply as numbers
+                   func.sum(batches.c.completed).cast(BigInteger).label("completed"),
+                   func.sum(batches.c.failed).cast(BigInteger).label("failed"),
+                   func.sum(batches.c.input_tokens).cast(BigInteger).label("input_tokens"),
+                   func.sum(batches.c.output_tokens).cast(BigInteger).label("output_tokens"))
             .select_from(batches.outerjoin(teams, teams.c.id == batches.c.team_id))
             .group_by(batches.c.team_id, teams.c.name, batches.c.create_api_key_id, batches.c.model)
             .order_by(teams.c.name, batches.c.create_api_key_id, batches.c.model)
