@@ -91,7 +91,9 @@ _API_PATHS = (
     "/v1/responses",
     "/v1/moderations",
 )
-_DIRECTIVE = re.compile(rb"@(status|retry_after|reset|hang|latency):([0-9]+(?:\.[0-9]+)?)(?::([0-9]+|\*))?")
+_DIRECTIVE = re.compile(
+    rb"@(status|retry_after|reset|hang|latency|request_id_len):([0-9]+(?:\.[0-9]+)?)(?::([0-9]+|\*))?"
+)
 _MODERATION_CATEGORIES = (
     "harassment",
     "harassment/threatening",
@@ -141,6 +143,7 @@ class Directives:
     reset: int = 0
     hang: int = 0
     latency_ms: float | None = None
+    request_id_len: int | None = None  # an x-request-id this long, as some proxies send
 
 
 def parse_directives(raw: bytes) -> Directives | None:
@@ -160,6 +163,8 @@ def parse_directives(raw: bytes) -> Directives | None:
             found.reset = int(float(value))
         elif name == b"hang":
             found.hang = int(float(value))
+        elif name == b"request_id_len":
+            found.request_id_len = int(float(value))
         else:
             found.latency_ms = float(value)
     return found
@@ -581,6 +586,8 @@ class FakeUpstream:
             await asyncio.sleep(latency / 1000)
 
         headers = {"x-request-id": f"req_{n}"}
+        if directives is not None and directives.request_id_len is not None:
+            headers["x-request-id"] = f"req_{n}_".ljust(directives.request_id_len, "x")
         try:
             body = _loads(raw)
         except ValueError:

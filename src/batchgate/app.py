@@ -16,6 +16,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batchgate.api import admin, batches, files, openapi, ops, truefoundry, xai
+from batchgate.api.body_timeout import BodyIdleTimeout
 from batchgate.api.observe import RequestMetrics
 from batchgate.api.responses import JSON
 from batchgate.config import Settings
@@ -101,6 +102,7 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
         ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
                             Exception: _unexpected},
-        middleware=[Middleware(RequestMetrics), Middleware(RejectNulInUrl)],
+        middleware=[Middleware(RequestMetrics), Middleware(RejectNulInUrl),
+                    Middleware(BodyIdleTimeout, idle_s=settings.limits.body_idle_timeout_s)],
         lifespan=lifespan,
     )

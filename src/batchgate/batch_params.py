@@ -14,7 +14,7 @@ from batchgate.errors import InvalidRequest
 SERVED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations")
 UNSERVED_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/videos",
                       "/v1/audio/speech", "/v1/audio/transcriptions")
-_WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 366 * 86400
 MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
@@ -48,7 +48,7 @@ def parse_endpoint(value: Any) -> str:
 
 def window_seconds(value: Any) -> int:
     """`24h` as OpenAI has it, plus any `<n>s|m|h|d` (a batchgate extension), at most a year."""
-    match = _WINDOW.match(value) if isinstance(value, str) else None
+    match = _WINDOW.fullmatch(value) if isinstance(value, str) else None
     if value is None:
         raise _bad("missing required parameter 'completion_window'", "completion_window", "missing_required_parameter")
     if not match:

@@ -54,6 +54,7 @@ class LimitsConfig(_Strict):
     max_line_bytes: int = Field(default=26_214_400, gt=0)  # one JSONL request line
     max_add_bytes: int = Field(default=26_214_400, gt=0)  # one xAI add-requests call
     max_add_requests: int = Field(default=1000, gt=0)  # items in one xAI add-requests call
+    body_idle_timeout_s: float = Field(default=60.0, gt=0)  # a request body that stalls this long: 408
 
 
 class PriceConfig(_Strict):

@@ -263,7 +263,7 @@ def test_unknown_endpoint_is_400(client: openai.OpenAI, input_file: str, endpoin
                                             completion_window="24h"), 400, "endpoint")
 
 
-@pytest.mark.parametrize("window", ["25x", "0h", "h", "24", "-1h", "1.5h", "24 h", ""])
+@pytest.mark.parametrize("window", ["25x", "0h", "h", "24", "-1h", "1.5h", "24 h", "", "24h\n", " 24h", "24h "])
 def test_bad_completion_window_is_400(client: openai.OpenAI, input_file: str, window: str) -> None:
     sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
                                             completion_window=window),  # type: ignore[arg-type]

@@ -39,16 +39,20 @@ def pg_server(postgres: PostgresCluster, upstream: FakeUpstreamProcess, make_ser
 
 
 def test_a_batch_runs_to_completion_with_exact_counts(pg_server: ServerProcess) -> None:
-    rows = [chat_line(f"r{i}", f"hello {i}") for i in range(40)] + [chat_line("bad", "no @status:400:*")]
+    rows = [chat_line(f"r{i}", f"hello {i}") for i in range(40)] + [chat_line("bad", "no @status:400:*"),
+                                                                  chat_line("long-id", "@request_id_len:1000")]
     with openai_client(pg_server, api_key=ADMIN) as client:
         batch = wait_terminal(client, submit(client, rows).id)
         assert batch.status == "completed"
-        assert batch.request_counts.model_dump() == {"total": 41, "completed": 40, "failed": 1}
+        assert batch.request_counts.model_dump() == {"total": 42, "completed": 41, "failed": 1}
         assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens > 0
         out, err = result_files(client, batch, rows)
-        for row in rows[:-1]:
+        for row in rows[:-2]:
             assert_echoed(out[row["custom_id"]], row)
         assert err["bad"]["response"]["status_code"] == 400
+        # a proxy's 1,000-char x-request-id is kept cut to the column's 256, not a failed insert
+        long_id = out["long-id"]["response"]["request_id"]
+        assert len(long_id) == 256 and long_id.startswith("req_") and long_id.endswith("x")
         page = client.batches.list(limit=1)
         assert [b.id for b in page.data] == [batch.id]
 

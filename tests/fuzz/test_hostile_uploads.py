@@ -32,8 +32,12 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 @pytest.fixture(scope="module")
 def server(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(fuzz_config(fake_upstream.url), workdir=tmp_path_factory.mktemp("hostile")) as srv:
+    config = fuzz_config(fake_upstream.url, body_idle_timeout_s=STALL_S)
+    with running_server(config, workdir=tmp_path_factory.mktemp("hostile")) as srv:
         yield srv
+
+
+STALL_S = 2  # the server gives up on a request body after this long without a byte
 
 
 @pytest.fixture
@@ -251,10 +255,25 @@ def test_slow_loris_upload_does_not_hold_up_other_clients(server: ServerProcess,
         assert http.get(f"/v1/files/{other}/content").content == jsonl(chat_line("x", "y"))
         assert time.monotonic() - started < 5, "other clients waited on the slow one"
         assert listed_ids(http) == before_ids | {other}  # the stalled upload is not a file (yet)
-    # It gave up: its partial blob goes, and it never appears.
+        # The server gives up on it: a 408 in the envelope, and the connection closed.
+        sock.settimeout(STALL_S + 10)
+        answer = _read_until_closed(sock)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert json.loads(body)["error"] == {
+            "message": f"the request body stalled: no bytes arrived for {STALL_S} s",
+            "type": "invalid_request_error", "param": None, "code": "request_timeout"}
+    # Its partial blob goes, and it never appears.
     poll_until(lambda: stored_entries(server) == before_entries | {other}, 10,
                message=lambda: f"leftovers: {stored_entries(server) - before_entries - {other}}")
     assert listed_ids(http) == before_ids | {other}
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
 
 
 CUTS = {  # where the client hangs up: how many bytes of the body it sent

@@ -42,6 +42,7 @@ PREFETCH_DIVISOR = 4
 # two rows at a time makes small deployments pay it for every other request.
 MIN_PREFETCH = 16
 READ_RETRY_S = 5.0  # request bodies that could not be read are claimed again after this long
+MAX_REQUEST_ID_CHARS = 256  # results.upstream_request_id
 POLL_SLOT_S = 0.5  # a request waiting to retry looks again at least this often
 
 
@@ -437,7 +438,7 @@ class Dispatcher:
         tokens = extract_usage(parsed) if ok else (0, 0, 0, 0)
         self._writer.add(FinishedRequest(
             batch_id=batch.id, line_no=request.line_no, custom_id=request.custom_id, ok=ok,
-            status_code=reply.status_code, upstream_request_id=reply.request_id, body=body_text,
+            status_code=reply.status_code, upstream_request_id=_stored_request_id(reply.request_id), body=body_text,
             error_code=None if reply.answered else reply.error_code,
             error_message=None if reply.answered else reply.error_message,
             finished_at=time.time(), input_tokens=tokens[0], cached_tokens=tokens[1],
@@ -466,6 +467,11 @@ def _observe_usage(pool: ModelPool, input_tokens: int, output_tokens: int) -> No
     series.input_tokens.inc(input_tokens)
     series.output_tokens.inc(output_tokens)
     series.cost_usd.inc(priced_usd(pool.model.price, input_tokens, output_tokens))
+
+
+def _stored_request_id(request_id: str | None) -> str | None:
+    """The upstream's x-request-id, cut to what the results column holds (a proxy may send any length)."""
+    return request_id[:MAX_REQUEST_ID_CHARS] if request_id else request_id
 
 
 def _succeeded(reply: UpstreamReply) -> bool:
