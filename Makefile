@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # llama-cpp-python compiles from source (no wheel for this platform); use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install run test lint chaos bench bench-detail bench-pg clean
+.PHONY: install run test lint chaos bench bench-detail bench-pg screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,7 @@ lint: install
 
 test: install lint
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -q
 
 chaos: install  # the full chaos run: 5,000 requests, 10 SIGKILLs (`make test` runs the short form)
@@ -44,6 +45,10 @@ bench-pg: install  # needs root and Debian's postgresql, like `make test`
 	bash scripts/ensure-postgres.sh
 	$(BIN)/python bench/pg_indexes.py
 	$(BIN)/python bench/scale_out.py
+
+screenshots: install  # the web console's pictures in docs/, shown in README
+	bash scripts/ensure-chromium.sh
+	BATCHGATE_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/browser -k screenshots
 
 clean:
 	rm -rf $(VENV) .batchgate .pytest_cache .ruff_cache

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from batchgate import ui
 from batchgate.api import admin, batches, files, openapi, ops, truefoundry, xai
 from batchgate.api.body_timeout import BodyIdleTimeout
 from batchgate.api.observe import RequestMetrics
@@ -99,6 +100,7 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
             Mount("/api/llm", routes=openai_routes()),
             Mount("/xai/v1", routes=xai.routes()),
             Mount("/admin", routes=admin.routes()),
+            *ui.routes(),  # the web console and its API
         ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
                             Exception: _unexpected},

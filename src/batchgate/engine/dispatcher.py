@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from batchgate import activity
 from batchgate.aio import wait_for_event
 from batchgate.batch_params import SERVED_ENDPOINTS
 from batchgate.blobs import BlobStore
@@ -416,6 +417,9 @@ class Dispatcher:
                 finally:
                     self._release(pool, deployment, outcome)
                 _observe_attempt(pool.model.name, deployment, outcome, time.perf_counter() - started)
+                activity.record(deployment.name, outcome.status_code, item.tokens,  # the web console's last hour
+                                min(deployment.in_flight + 1, deployment.limits.concurrency),
+                                deployment.limits.circuit.state != "closed")
                 reply, max_attempts, deployment = outcome, deployment.config.max_attempts, None
                 if _succeeded(reply) or not is_retryable(reply):
                     self._finish(batch, item.request, reply, pool)

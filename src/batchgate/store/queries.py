@@ -626,3 +626,55 @@ def _not_expired(now: int) -> Any:
 def _for_team(query: Any, table: Any, team_id: str | None) -> Any:
     """Scope a query to one team; None means the admin, who sees everything."""
     return query if team_id is None else query.where(and_(table.c.team_id == team_id))
+
+
+# ---------------------------------------------------------------- the web console (api/console.py)
+# Module-level so they sit apart from the engine's queries above; each takes the Store.
+async def console_batch_page(store: Store, *, team_id: str | None, after: str | None, limit: int,
+                             status: str | None = None, model: str | None = None,
+                             metadata_contains: str | None = None) -> list[Row]:
+    """Batches newest first, filtered, after the id `after`: one walk down the id (or team, id) index
+    that stops after `limit` matches, so a page costs the same at batch 10 and at batch 10,000.
+    `metadata_contains` is a substring of the metadata JSON, matched case-sensitively (LIKE is not, on SQLite)."""
+    query = _for_team(select(batches), batches, team_id)
+    if after:
+        query = query.where(batches.c.id < after)
+    if status:
+        query = query.where(batches.c.status == status)
+    if model:
+        query = query.where(batches.c.model == model)
+    if metadata_contains:
+        find = func.strpos if store.dialect == "postgresql" else func.instr
+        query = query.where(find(batches.c.metadata, metadata_contains) > 0)
+    query = query.order_by(batches.c.id.desc()).limit(limit)
+    async with store.engine.connect() as conn:
+        return list((await conn.execute(query)).mappings())
+
+
+async def console_request_page(store: Store, batch_id: str, *, after_line: int, limit: int,
+                               state: str | None = None) -> list[Row]:
+    """A batch's requests in line order with their attempts and, once finished, their result's outcome."""
+    query = (
+        select(requests.c.line_no, requests.c.custom_id, requests.c.state, requests.c.attempts,
+               requests.c.next_attempt_at, results.c.ok, results.c.status_code, results.c.error_code,
+               results.c.finished_at)
+        .join(results, and_(results.c.batch_id == requests.c.batch_id, results.c.line_no == requests.c.line_no),
+              isouter=True)
+        .where(requests.c.batch_id == batch_id, requests.c.line_no > after_line)
+    )
+    if state:
+        query = query.where(requests.c.state == state)
+    async with store.engine.connect() as conn:
+        return list((await conn.execute(query.order_by(requests.c.line_no).limit(limit))).mappings())
+
+
+async def console_result(store: Store, batch_id: str, *, line_no: int | None = None,
+                         custom_id: str | None = None) -> Row | None:
+    """One request's stored result, by line number or custom_id (None: no such request, or not finished)."""
+    if custom_id is not None:  # through requests' unique (batch_id, custom_id) index
+        line = select(requests.c.line_no).where(requests.c.batch_id == batch_id, requests.c.custom_id == custom_id)
+        query = select(results).where(results.c.batch_id == batch_id, results.c.line_no == line.scalar_subquery())
+    else:
+        query = select(results).where(results.c.batch_id == batch_id, results.c.line_no == line_no)
+    async with store.engine.connect() as conn:
+        return (await conn.execute(query.limit(1))).mappings().first()

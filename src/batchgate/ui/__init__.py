@@ -1,0 +1,56 @@
+"""The web console: static files served at `/ui` (no build step, nothing loaded from elsewhere),
+its JSON API at `/ui/api`, and `index.html` for every other `/ui/...` path (the console routes
+in the browser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse
+from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from batchgate.api import console
+
+STATIC = Path(__file__).parent / "static"
+# Nothing but this origin: no CDN, no inline script, no framing by other sites.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+       "frame-ancestors 'none'")
+HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+           (b"referrer-policy", b"no-referrer")]
+
+
+class SecurityHeaders:
+    """Adds the console's Content-Security-Policy (and friends) to every `/ui` response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+async def index(_: Request) -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def to_console(_: Request) -> RedirectResponse:
+    return RedirectResponse("/ui/", status_code=307)
+
+
+def routes() -> list[BaseRoute]:
+    """`/ui` itself and everything under it."""
+    console_app = Router(routes=[
+        Mount("/api", routes=console.routes()),
+        Mount("/static", app=StaticFiles(directory=STATIC)),
+        Route("/{path:path}", index, methods=["GET", "HEAD"]),
+    ])
+    return [Route("/ui", to_console, methods=["GET", "HEAD"]), Mount("/ui", app=SecurityHeaders(console_app))]
