@@ -47,7 +47,7 @@ class Engine:
 
     def notify(self) -> None:
         """Something changed through the API (new batch, cancel): look now, not at the next poll."""
-        self.lifecycle.wake()
+        self.lifecycle.wake(urgent=True)
 
     async def start(self) -> None:
         if self._single_node:

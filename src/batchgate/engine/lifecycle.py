@@ -87,6 +87,7 @@ class Lifecycle:
         self._writer = writer
         self._owner = owner
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # set: the next tick may not wait out MIN_TICK_GAP_S
         self._validations: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         self._last_housekeeping = 0.0
@@ -95,7 +96,10 @@ class Lifecycle:
         self._last_budget_check = 0.0
         self._warned_at: dict[str, float] = {}  # storage warnings by what failed, for rate limiting
 
-    def wake(self) -> None:
+    def wake(self, urgent: bool = False) -> None:
+        """Tick soon; `urgent` (a new batch, a cancel, a validation done) skips the gap between ticks."""
+        if urgent:
+            self._urgent.set()
         self._wake.set()
 
     async def run(self) -> None:
@@ -114,12 +118,14 @@ class Lifecycle:
                 if failures % 3 == 0:  # a connection left broken must not wedge the engine for good
                     await self._store.reset_connections()
             await wait_for_event(self._wake, self._settings.engine.poll_interval_s)
-            if (rest := min_gap_s - (time.monotonic() - started)) > 0 and not self._stopping:
-                await asyncio.sleep(rest)
+            rest = min_gap_s - (time.monotonic() - started)
+            if rest > 0 and not self._stopping and not self._urgent.is_set():
+                await wait_for_event(self._urgent, rest)
+            self._urgent.clear()
 
     async def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
+        self.wake(urgent=True)
         for task in self._validations.values():
             task.cancel()
         await asyncio.gather(*self._validations.values(), return_exceptions=True)
@@ -184,7 +190,7 @@ class Lifecycle:
 
     def _validation_done(self, batch_id: str) -> None:
         self._validations.pop(batch_id, None)
-        self.wake()
+        self.wake(urgent=True)  # a batch just went in_progress: hand it to the dispatcher now
 
     async def _validate(self, batch: Row) -> None:
         try:
