@@ -199,12 +199,20 @@ def test_screenshots_of_each_page(page: Page, console: Console, tmp_path: Path) 
     with console.http(console.team_key) as http:
         running = create_batch(http, [chat_line(f"row{i}", f"@latency:{300 if i < 40 else 60000}") for i in range(60)],
                                metadata={"project": "evals", "owner": "ana"})
+        create_batch(http, [chat_line("a", "fine"), chat_line("b", "no", model="unknown-model")])  # fails validation
+        cancelled = create_batch(http, [chat_line(f"c{i}", "@latency:60000") for i in range(5)])
+        http.post(f"/v1/batches/{cancelled}/cancel").raise_for_status()
+    with console.http(console.other_key) as http:
+        create_batch(http, [chat_line(f"o{i}", f"@latency:{20 * i}") for i in range(25)], metadata={"nightly": "yes"})
     sign_in(page, console, ADMIN_KEY)
     expect(page.locator(f'tr[data-id="{running}"]')).to_contain_text("40 completed", timeout=30_000)
+    expect(page.locator("table.batches .badge", has_text="failed")).to_have_count(1)
     page.screenshot(path=str(out / "console-batches.png"))
     page.goto(f"{console.url}/batches/{running}")
     expect(page.locator("#rate")).not_to_have_text("—")
-    page.screenshot(path=str(out / "console-batch.png"))
+    expect(page.locator("table.requests tbody tr").first).to_be_visible()
+    page.screenshot(path=str(out / "console-batch.png"), full_page=True,
+                    clip={"x": 0, "y": 0, "width": 1280, "height": 1200})  # down to the first requests
     page.get_by_role("link", name="Files").click()
     expect(page.locator("table.files tbody tr").first).to_be_visible()
     page.screenshot(path=str(out / "console-files.png"))

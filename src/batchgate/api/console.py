@@ -48,6 +48,20 @@ def polled(request: Request, payload: dict[str, Any]) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
+def page_of(request: Request, data: list[dict[str, Any]], has_more: bool, cursor: str) -> Response:
+    """A polled list page; `cursor` names the field whose last value the next page starts after."""
+    return polled(request, {"object": "list", "data": data, "has_more": has_more,
+                            f"last_{cursor}": data[-1][cursor] if data else None})
+
+
+def optional_choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+    value = request.query_params.get(name) or None
+    if value is not None and value not in choices:
+        raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}, got {value!r}", param=name,
+                             code="invalid_parameter")
+    return value
+
+
 def progress(row: Row, now: float) -> dict[str, Any]:
     """Counts with `pending`, and the rate (requests a second since work started) and ETA in seconds."""
     total, done = row["total"], row["completed"] + row["failed"]
@@ -56,7 +70,7 @@ def progress(row: Row, now: float) -> dict[str, Any]:
     ended = next((row[c] for c in ("finalizing_at", "completed_at", "failed_at", "expired_at", "cancelled_at")
                   if row[c] is not None), None)
     elapsed = ((ended or now) - started) if started else 0
-    rate = done / elapsed if done and elapsed > 0 else None
+    rate = done / max(elapsed, 1) if done and started else None  # timestamps are whole seconds
     running = row["status"] == "in_progress"
     return {"counts": {"total": total, "completed": row["completed"], "failed": row["failed"], "pending": pending},
             "rate_per_s": round(rate, 3) if rate else None,
@@ -102,10 +116,7 @@ async def list_batches(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     params = request.query_params
     limit = int_param(request, "limit", 25, 1, 100)
-    status = params.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise InvalidRequest(f"'status' must be one of {', '.join(STATUSES)}, got {status!r}", param="status",
-                             code="invalid_parameter")
+    status = optional_choice(request, "status", STATUSES)
     names = await team_names(gateway, principal)
     team_id = principal.team_id
     if team := params.get("team"):
@@ -113,7 +124,7 @@ async def list_batches(request: Request) -> Response:
         if wanted is None:  # unknown, or another team's: an admin learns it is unknown, a team sees nothing
             if principal.is_admin:
                 raise NotFound(f"no such team: {team!r}", param="team", code="team_not_found")
-            return polled(request, {"object": "list", "data": [], "has_more": False, "last_id": None})
+            return page_of(request, [], False, "id")
         team_id = wanted
     metadata = params.get("metadata")
     rows = await queries.console_batch_page(
@@ -121,8 +132,7 @@ async def list_batches(request: Request) -> Response:
         model=params.get("model") or None, metadata_contains=metadata_needle(metadata) if metadata else None)
     now = time.time()
     data = [batch_summary(r, now, names) for r in rows[:limit]]
-    return polled(request, {"object": "list", "data": data, "has_more": len(rows) > limit,
-                            "last_id": data[-1]["id"] if data else None})
+    return page_of(request, data, len(rows) > limit, "id")
 
 
 async def batch_detail(request: Request) -> Response:
@@ -156,17 +166,13 @@ async def batch_requests(request: Request) -> Response:
     batch = await visible_batch(request, principal)
     limit = int_param(request, "limit", 50, 1, 500)
     after = int_param(request, "after", 0, 0, 2**31 - 1)
-    state = request.query_params.get("state") or None
-    if state is not None and state not in REQUEST_STATES:
-        raise InvalidRequest(f"'state' must be one of {', '.join(REQUEST_STATES)}, got {state!r}", param="state",
-                             code="invalid_parameter")
+    state = optional_choice(request, "state", REQUEST_STATES)
     rows = await queries.console_request_page(gateway.store, batch["id"], after_line=after, limit=limit + 1,
                                               state=state)
     data = [{"line": r["line_no"], "custom_id": r["custom_id"], "state": request_state(r), "attempts": r["attempts"],
              "status_code": r["status_code"], "error_code": r["error_code"], "finished_at": r["finished_at"]}
             for r in rows[:limit]]
-    return polled(request, {"object": "list", "data": data, "has_more": len(rows) > limit,
-                            "last_line": data[-1]["line"] if data else None})
+    return page_of(request, data, len(rows) > limit, "line")
 
 
 async def batch_result(request: Request) -> JSON:

@@ -634,13 +634,14 @@ async def console_batch_page(store: Store, *, team_id: str | None, after: str | 
                              status: str | None = None, model: str | None = None,
                              metadata_contains: str | None = None) -> list[Row]:
     """Batches newest first, filtered, after the id `after`: one walk down the id (or team, id) index
-    that stops after `limit` matches, so a page costs the same at batch 10 and at batch 10,000.
-    `metadata_contains` is a substring of the metadata JSON, matched case-sensitively (LIKE is not, on SQLite)."""
+    that stops at `limit` matches, so a page costs the rows walked to fill it (a rare filter walks
+    the team's whole history; measured in README). `metadata_contains` is a substring of the
+    metadata JSON, matched case-sensitively (LIKE is not, on SQLite)."""
     query = _for_team(select(batches), batches, team_id)
     if after:
         query = query.where(batches.c.id < after)
-    if status:
-        query = query.where(batches.c.status == status)
+    if status:  # as an expression, not the bare column: walk the id order, never sort a status's rows
+        query = query.where(func.coalesce(batches.c.status, "") == status)
     if model:
         query = query.where(batches.c.model == model)
     if metadata_contains:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse
+from starlette.responses import FileResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,15 +42,12 @@ async def index(_: Request) -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-async def to_console(_: Request) -> RedirectResponse:
-    return RedirectResponse("/ui/", status_code=307)
-
-
 def routes() -> list[BaseRoute]:
-    """`/ui` itself and everything under it."""
+    """Everything under `/ui/` (the router redirects a bare `/ui` there). One opaque mount: the
+    console's own API is not part of `/openapi.json`."""
     console_app = Router(routes=[
         Mount("/api", routes=console.routes()),
         Mount("/static", app=StaticFiles(directory=STATIC)),
         Route("/{path:path}", index, methods=["GET", "HEAD"]),
     ])
-    return [Route("/ui", to_console, methods=["GET", "HEAD"]), Mount("/ui", app=SecurityHeaders(console_app))]
+    return [Mount("/ui", app=SecurityHeaders(console_app))]

@@ -121,8 +121,8 @@ function fileTable(files, { onDelete, onCreate }) {
       h("td", { "data-label": "File" }, h("div", {}, f.filename), h("div.mono.muted", {}, f.id)),
       h("td", { "data-label": "Purpose" }, f.purpose), h("td", { "data-label": "Size" }, fmtBytes(f.bytes)),
       h("td", { "data-label": "Created" }, fmtTime(f.created_at)), h("td", { "data-label": "Expires" }, fmtTime(f.expires_at)),
-      h("td.actions", { "data-label": "Actions" },
+      h("td", { "data-label": "Actions" }, h("div.actions", {},
         f.purpose === "batch" ? h("button.small", { type: "button", onclick: () => onCreate(f), "aria-label": `Create a batch from ${f.filename}` }, "Create batch") : null,
         h("button.small.secondary", { type: "button", onclick: () => download(f.id, f.filename).catch((e) => toast(e.message, "error")), "aria-label": `Download ${f.filename}` }, "Download"),
-        h("button.small.danger", { type: "button", onclick: () => onDelete(f), "aria-label": `Delete ${f.filename}` }, "Delete"))))));
+        h("button.small.danger", { type: "button", onclick: () => onDelete(f), "aria-label": `Delete ${f.filename}` }, "Delete")))))));
 }
