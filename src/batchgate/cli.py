@@ -46,6 +46,9 @@ def _logging(log_format: str) -> None:
     if log_format not in ("text", "json"):
         _fail(f"--log-format must be text or json, not {log_format!r}")
     configure("json" if log_format == "json" else "text")
+    from batchgate import tracing
+
+    tracing.setup()  # OpenTelemetry, when OTEL_TRACES_EXPORTER asks and the SDK is installed
 
 
 def _drained_server_class() -> type:

@@ -7,6 +7,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from batchgate import tracing
 from batchgate.engine import metrics
 
 # Longest first: TrueFoundry's inference prefix sits under its shorter one.
@@ -38,12 +39,17 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            # The router leaves the innermost matched route in the scope: its template, not the
-            # raw path, keeps the label set small (ids never become labels).
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            dialect = dialect_of(scope["path"])
-            metrics.HTTP_REQUESTS.labels(dialect, route, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(dialect, route).observe(time.perf_counter() - started)
+        with tracing.span(scope["method"], **{"http.request.method": scope["method"]}) as span:
+            try:
+                await self.app(scope, receive, send_and_note)
+            finally:
+                # The router leaves the innermost matched route in the scope: its template, not the
+                # raw path, keeps the label set small (ids never become labels).
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                dialect = dialect_of(scope["path"])
+                metrics.HTTP_REQUESTS.labels(dialect, route, str(status)).inc()
+                metrics.HTTP_LATENCY.labels(dialect, route).observe(time.perf_counter() - started)
+                if span is not None:
+                    span.update_name(f"{scope['method']} {route}")
+                    span.set_attributes({"http.route": route, "url.path": scope["path"],
+                                         "http.response.status_code": status, "batchgate.dialect": dialect})

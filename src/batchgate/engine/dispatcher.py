@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from batchgate import activity
+from batchgate import activity, tracing
 from batchgate.aio import wait_for_event
 from batchgate.batch_params import SERVED_ENDPOINTS
 from batchgate.blobs import BlobStore
@@ -414,10 +414,17 @@ class Dispatcher:
                     deployment = await self._wait_for_slot(pool, pinned, item.tokens)
                 outcome: UpstreamReply | None = None
                 started = time.perf_counter()
-                try:
-                    outcome = await deployment.upstream.send(item.endpoint, item.body, deployment.config.timeout_s)
-                finally:
-                    self._release(pool, deployment, outcome)
+                with tracing.span("upstream " + item.endpoint, **{
+                    "batchgate.batch_id": batch.id, "batchgate.custom_id": item.request.custom_id,
+                    "batchgate.model": pool.model.name, "batchgate.deployment": deployment.name,
+                    "batchgate.attempt": attempt}) as span:
+                    try:
+                        outcome = await deployment.upstream.send(item.endpoint, item.body,
+                                                                 deployment.config.timeout_s)
+                    finally:
+                        self._release(pool, deployment, outcome)
+                    if span is not None:
+                        _describe_outcome(span, outcome)
                 _observe_attempt(pool.model.name, deployment, outcome, time.perf_counter() - started)
                 activity.record(deployment.name, outcome.status_code, item.tokens,  # the web console's last hour
                                 min(deployment.in_flight + 1, deployment.limits.concurrency),
@@ -473,6 +480,15 @@ def _observe_usage(pool: ModelPool, input_tokens: int, output_tokens: int) -> No
     series.input_tokens.inc(input_tokens)
     series.output_tokens.inc(output_tokens)
     series.cost_usd.inc(priced_usd(pool.model.price, input_tokens, output_tokens))
+
+
+def _describe_outcome(span: Any, reply: UpstreamReply) -> None:
+    if reply.status_code is not None:
+        span.set_attribute("http.response.status_code", reply.status_code)
+    if reply.request_id:
+        span.set_attribute("batchgate.upstream_request_id", reply.request_id)
+    if not _succeeded(reply):
+        span.set_attribute("error.type", reply.error_code or str(reply.status_code))
 
 
 def _stored_request_id(request_id: str | None) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from batchgate import tracing
 from batchgate.aio import wait_for_event
 from batchgate.blobs import BlobMismatch, BlobStore, VerifyingBlobStore
 from batchgate.budgets import over_budget
@@ -194,7 +195,8 @@ class Lifecycle:
 
     async def _validate(self, batch: Row) -> None:
         try:
-            await self._validate_once(batch)
+            with tracing.span("batch validate", **{"batchgate.batch_id": batch["id"]}):
+                await self._validate_once(batch)
             self._warned_at.pop(f"validate:{batch['id']}", None)
         except (FileNotFoundError, BlobMismatch) as exc:
             log.warning("batch %s: its input file %s cannot be used: %s", batch["id"], batch["input_file_id"], exc,
@@ -325,7 +327,9 @@ class Lifecycle:
         if fresh is None or fresh["status"] != from_status:
             return
         try:
-            new_files = await write_result_files(self._store, self._blobs, fresh, now)
+            with tracing.span("batch finalize", **{"batchgate.batch_id": batch["id"], "batchgate.status": to_status,
+                                                   "batchgate.requests": fresh["total"]}):
+                new_files = await write_result_files(self._store, self._blobs, fresh, now)
         except OSError as exc:  # a full or read-only files storage: stay in from_status, retry next tick
             self._warn(f"finalize:{batch['id']}", "cannot write the result files of batch %s (%s); "
                        "it stays %s and finalisation is retried", batch["id"], exc, from_status)
