@@ -1,5 +1,5 @@
 """Browser fixtures: Debian's chromium driven by Playwright (never `playwright install`: no download),
-one browser for the session, a fresh context per test, and one gateway per module with two teams."""
+one browser per module (there is one), a fresh context per test, and one gateway per module with two teams."""
 
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the sync API runs an event loop in the main thread while it lives, and
+# every asyncio test collected after this package would fail with "cannot be called from a running
+# event loop" if it outlived the module.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     try:
         from playwright.sync_api import sync_playwright

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from batchgate import __version__
-from batchgate.api import admin, files, truefoundry, xai
+from batchgate.api import admin, console, files, truefoundry, xai
 from batchgate.api.responses import JSON
 from batchgate.batch_params import (
     MAX_METADATA_KEY,
@@ -318,6 +318,38 @@ def _admin_paths() -> dict[str, Schema]:
     }
 
 
+def _console_paths() -> dict[str, Schema]:
+    """The web console's own JSON API (src/batchgate/api/console.py), under /ui/api."""
+    tag, batch_id = "console", _path("batch_id")
+    listed = _obj({"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}},
+                   "has_more": {"type": "boolean"}}, ["object", "data", "has_more"])
+    batch_filters = [
+        _query("status", {"enum": list(console.STATUSES)}), _query("model", STR),
+        _query("team", STR, "a team name or id (the admin: any; a team: its own)"),
+        _query("metadata", STR, "key=value, matched exactly"),
+        _query("after", STR, "a batch id: the page starts after it"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100})]
+    return {
+        "/session": {"get": _op("Who the key is, and what the console may show", tag, {"type": "object"}, ())},
+        "/batches": {"get": _op("Batches, newest first, filtered, with progress, rate and ETA", tag, listed,
+                                (400, 404), parameters=batch_filters)},
+        "/batches/{batch_id}": {"get": _op("A batch with its timeline, usage and cost", tag, {"type": "object"},
+                                           (404,), parameters=[batch_id])},
+        "/batches/{batch_id}/requests": {"get": _op("A batch's requests in line order, with state and attempts",
+                                                    tag, listed, (400, 404), parameters=[
+            batch_id, _query("after", {"type": "integer", "minimum": 0, "maximum": MAX_INT32}, "a line number"),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+            _query("state", {"enum": list(console.REQUEST_STATES)})])},
+        "/batches/{batch_id}/result": {"get": _op("One finished request's output or error line", tag,
+                                                  {"type": "object"}, (400, 404), parameters=[
+            batch_id, _query("line", {"type": "integer", "minimum": 1, "maximum": MAX_INT32}),
+            _query("custom_id", STR)])},
+        "/deployments": {"get": _op("Each deployment's last hour, minute by minute", tag, _obj({
+            "object": {"const": "list"}, "engine": {"type": "boolean"},
+            "data": {"type": "array", "items": {"type": "object"}}}), ())},
+    }
+
+
 def _ops_paths() -> dict[str, Schema]:
     return {
         "/health": {"get": _op("Liveness", OPEN, _obj({"status": {"const": "ok"}}), ())},
@@ -327,6 +359,9 @@ def _ops_paths() -> dict[str, Schema]:
             "text/plain": {"schema": STR}}}), "security": [{}, {"bearer": []}],
             "description": "Needs a key only with auth.protect_metrics"}},
         "/openapi.json": {"get": _op("This document", OPEN, {"type": "object"}, ())},
+        "/ui/{path}": {"get": _op("The web console's page (the console asks for a key itself)", OPEN, None, (),
+                                  parameters=[_path("path")],
+                                  ok_content={"content": {"text/html": {"schema": STR}}})},
     }
 
 
@@ -340,6 +375,7 @@ def document() -> Schema:
         paths.update(_prefixed(prefix, _openai_paths(tag)))
     paths.update(_prefixed("/xai/v1", _xai_paths()))
     paths.update(_prefixed("/admin", _admin_paths()))
+    paths.update(_prefixed("/ui/api", _console_paths()))
     for path, item in paths.items():  # operation ids, unique across the prefixes
         for method, op in item.items():
             op["operationId"] = f"{method}_{path.strip('/')}".replace("/", "_").replace("{", "").replace("}", "")
@@ -347,7 +383,8 @@ def document() -> Schema:
     return {
         "openapi": "3.1.0",
         "info": {"title": "batchgate", "version": __version__,
-                 "description": "OpenAI Files + Batches API (also at TrueFoundry's paths), xAI batches, admin API."},
+                 "description": "OpenAI Files + Batches API (also at TrueFoundry's paths), xAI batches, admin API, "
+                                "the web console's API."},
         "paths": paths,
         "components": {
             "schemas": _schemas(),

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from batchgate.api import console
 
@@ -26,8 +26,12 @@ HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options
 class SecurityHeaders:
     """Adds the console's Content-Security-Policy (and friends) to every `/ui` response."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: Router) -> None:
         self.app = app
+
+    @property
+    def routes(self) -> list[BaseRoute]:  # what Mount.routes shows: the console's own routes
+        return self.app.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def with_headers(message: Message) -> None:
@@ -43,8 +47,8 @@ async def index(_: Request) -> FileResponse:
 
 
 def routes() -> list[BaseRoute]:
-    """Everything under `/ui/` (the router redirects a bare `/ui` there). One opaque mount: the
-    console's own API is not part of `/openapi.json`."""
+    """Everything under `/ui/` (the router redirects a bare `/ui` there); /openapi.json describes
+    the console's API and its page."""
     console_app = Router(routes=[
         Mount("/api", routes=console.routes()),
         Mount("/static", app=StaticFiles(directory=STATIC)),
