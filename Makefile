@@ -25,7 +25,7 @@ lint: install
 
 test: install lint
 	bash scripts/ensure-postgres.sh
-	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-chromium.sh --background  # the browser tests run last and wait for it
 	$(BIN)/python -m pytest -q
 
 chaos: install  # the full chaos run: 5,000 requests, 10 SIGKILLs (`make test` runs the short form)

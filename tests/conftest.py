@@ -24,6 +24,11 @@ __all__ = ["base_config", "upstream_model_config"]  # re-exported for convenienc
 MakeServer = Callable[..., ServerProcess]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The browser tests last: `make test` installs chromium in the background meanwhile.
+    items.sort(key=lambda item: "browser" in item.path.parts)  # stable: the rest keep their order
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     # Remember each phase's outcome so fixtures can print server logs only for failed tests.

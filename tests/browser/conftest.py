@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import single_model_config
-from tests.harness import FakeUpstreamProcess, ServerProcess, running_server
+from tests.harness import FakeUpstreamProcess, ServerProcess, poll_until, running_server
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN_KEY = "sk-admin-browser-tests"
@@ -28,6 +28,19 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+INSTALL_MARKS = Path(__file__).resolve().parents[2] / ".venv"  # scripts/ensure-chromium.sh --background
+
+
+def _wait_for_background_install() -> None:
+    """`make test` starts chromium's install in the background; these tests run last and wait for it."""
+    started, done = INSTALL_MARKS / "chromium-install.started", INSTALL_MARKS / "chromium-install.done"
+    if os.path.exists(CHROMIUM) or not started.exists():
+        return
+    log = INSTALL_MARKS / "chromium-install.log"
+    poll_until(done.exists, 900, interval=1, message=lambda: f"chromium's install has not finished:\n"
+               f"{log.read_text(errors='replace') if log.exists() else ''}")
+
+
 # Module scope, not session: the sync API runs an event loop in the main thread while it lives, and
 # every asyncio test collected after this package would fail with "cannot be called from a running
 # event loop" if it outlived the module.
@@ -37,6 +50,7 @@ def browser() -> Iterator[object]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _missing("the playwright package is not installed (pip install -e '.[dev]')")
+    _wait_for_background_install()
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
         _missing(f"{CHROMIUM} is missing (scripts/ensure-chromium.sh installs Debian's chromium)")
     with sync_playwright() as playwright:
