@@ -54,8 +54,11 @@ def latency_bound(scale: float) -> list[Figure]:
     finally:
         upstream.stop()
     return [
-        Figure("latency-bound: achieved / limit", f"{gateway['rps']:.0f} req/s = {gateway['rps'] / limit:.2f} of "
-               f"{limit:.0f}", "≥ 0.95", gateway["rps"] / limit >= 0.95),
+        Figure("latency-bound: achieved (create → completed) / limit",
+               f"{gateway['rps']:.0f} req/s = {gateway['rps'] / limit:.2f} of {limit:.0f}", "≥ 0.95",
+               gateway["rps"] / limit >= 0.95),
+        Figure("latency-bound: while running (in_progress → finalizing) / limit",
+               f"{gateway['running_rps']:.0f} req/s = {gateway['running_rps'] / limit:.2f}", "", None),
         Figure("latency-bound: bare aiohttp loop / limit (the machine's ceiling)",
                f"{bare_rps:.0f} req/s = {bare_rps / limit:.2f}", "", None),
         Figure("latency-bound: gateway / bare loop", f"{gateway['rps'] / bare_rps:.2f}", "", None),
