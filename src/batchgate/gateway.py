@@ -23,9 +23,9 @@ class Gateway:
     engine: Engine | None
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
 
-    def notify(self) -> None:
+    def notify(self, urgent: bool = True) -> None:
         if self.engine is not None:
-            self.engine.notify()
+            self.engine.notify(urgent)
 
 
 def open_blobs(url: str) -> BlobStore:

@@ -237,7 +237,7 @@ async def add_requests(request: Request) -> JSON:
     except BaseException:
         await gateway.blobs.delete(segment)
         raise
-    gateway.notify()
+    gateway.notify(urgent=False)
     return JSON({})
 
 
