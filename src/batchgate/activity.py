@@ -48,6 +48,12 @@ class MinuteRing:
                 for s, name in enumerate(SERIES)}
 
 
+    def rows(self, from_minute: int) -> list[dict[str, int]]:
+        """This ring's minutes since `from_minute` as rows (scale-out: published for other processes)."""
+        return [{"minute": stamp, **{name: self.counts[s][i] for s, name in enumerate(SERIES)}}
+                for i, stamp in enumerate(self.stamps) if stamp >= from_minute]
+
+
 _rings: dict[str, MinuteRing] = {}
 
 
@@ -61,9 +67,28 @@ def record(deployment: str, status: int | None, tokens: int, in_flight: int, cir
     found.add(int(time.time()) // 60, status, tokens, in_flight, circuit_open)
 
 
-def snapshot(deployment: str, now: float | None = None) -> dict[str, Any]:
-    """A deployment's last hour: `first_minute` (Unix seconds) and one list of 60 values per series."""
+def recent_rows(from_minute: int) -> list[dict[str, Any]]:
+    """Every deployment's minutes since `from_minute`, one row each, with the deployment's name."""
+    return [{"deployment": name, **row} for name, ring in _rings.items() for row in ring.rows(from_minute)]
+
+
+# Summed across processes, but for the gauges: of those the largest (a minute's peak, an open circuit).
+_SUMMED = {"requests", "tokens", "throttled", "errors"}
+
+
+def snapshot(deployment: str, now: float | None = None, others: list[Any] = ()) -> dict[str, Any]:
+    """A deployment's last hour: `first_minute` (Unix seconds) and one list of 60 values per series.
+
+    `others`: minute rows other processes published (scale-out), folded into this process's own."""
     minute = int(time.time() if now is None else now) // 60
     found = _rings.get(deployment)
     series = found.series(minute) if found else {name: [0] * MINUTES for name in SERIES}
-    return {"first_minute": (minute - MINUTES + 1) * 60, "series": series}
+    first = minute - MINUTES + 1
+    for row in others:
+        i = row["minute"] - first
+        if row["deployment"] != deployment or not 0 <= i < MINUTES:
+            continue
+        for name in SERIES:
+            values = series[name]
+            values[i] = values[i] + row[name] if name in _SUMMED else max(values[i], row[name])
+    return {"first_minute": first * 60, "series": series}

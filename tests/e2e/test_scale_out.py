@@ -19,6 +19,7 @@ from tests.harness import (
     chat_line,
     free_port,
     openai_client,
+    poll_until,
     upstream_model_config,
 )
 from tests.postgres import PostgresCluster
@@ -111,6 +112,17 @@ def test_an_api_only_server_leaves_batches_to_the_workers(
         assert done.request_counts.model_dump() == {"total": 20, "completed": 20, "failed": 0}
         out, _ = result_files(client, done, rows)
         assert_echoed(out["q7"], rows[7])
+        # The API server runs no engine, yet its console shows the worker's calls (published to the database).
+        headers = {"Authorization": f"Bearer {client.api_key}"}
+
+        def console_view() -> dict[str, Any] | None:
+            page = httpx.get(f"{api.url}/ui/api/deployments", headers=headers, timeout=10).json()
+            (deployment,) = page["data"]
+            return page if sum(deployment["series"]["requests"]) == 20 else None
+
+        page = poll_until(console_view, 20, message="the worker's 20 calls never reached the API server's console")
+        assert page["engine"] is False and page["shared"] is True
+        assert max(page["data"][0]["series"]["peak_in_flight"]) <= 4
     # The worker's own metrics: requests it finished, and its share of the deployment's slots.
     metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     assert 'batchgate_requests_finished_total{outcome="succeeded"} 20.0' in metrics

@@ -198,6 +198,11 @@ async def deployments(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     pools = gateway.engine.pools if gateway.engine is not None else {}
     now = time.time()
+    # Scale-out (a shared database): the other engines' published minutes join this process's own.
+    shared = gateway.store.dialect != "sqlite"
+    others = await queries.activity_minutes(
+        gateway.store, int(now) // 60 - activity.MINUTES + 1,
+        exclude_owner=gateway.engine.owner if gateway.engine is not None else None) if shared else []
     data = []
     for model in gateway.settings.models:
         live = {d.name: d for d in pools[model.name].deployments} if model.name in pools else {}
@@ -209,8 +214,8 @@ async def deployments(request: Request) -> Response:
                 "in_flight": deployment.in_flight if deployment else None,
                 "window": deployment.limits.concurrency if deployment else None,
                 "circuit": deployment.limits.circuit.state if deployment else None,
-                **activity.snapshot(config.name or "", now)})
-    return polled(request, {"object": "list", "engine": gateway.engine is not None, "data": data})
+                **activity.snapshot(config.name or "", now, others)})
+    return polled(request, {"object": "list", "engine": gateway.engine is not None, "shared": shared, "data": data})
 
 
 def routes() -> list[Route]:

@@ -345,7 +345,7 @@ def _console_paths() -> dict[str, Schema]:
             batch_id, _query("line", {"type": "integer", "minimum": 1, "maximum": MAX_INT32}),
             _query("custom_id", STR)])},
         "/deployments": {"get": _op("Each deployment's last hour, minute by minute", tag, _obj({
-            "object": {"const": "list"}, "engine": {"type": "boolean"},
+            "object": {"const": "list"}, "engine": {"type": "boolean"}, "shared": {"type": "boolean"},
             "data": {"type": "array", "items": {"type": "object"}}}), ())},
     }
 

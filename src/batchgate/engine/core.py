@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
-from batchgate import ids
+from batchgate import activity, ids
 from batchgate.blobs import BlobStore, LocalBlobStore
 from batchgate.config import Settings
 from batchgate.engine.capacity import CapacityCoordinator
@@ -17,9 +19,11 @@ from batchgate.engine.dispatcher import Dispatcher
 from batchgate.engine.guardrails import Guardrails
 from batchgate.engine.lifecycle import Lifecycle
 from batchgate.engine.writer import ResultWriter
+from batchgate.store import queries
 from batchgate.store.queries import Store
 
 log = logging.getLogger(__name__)
+ACTIVITY_PUBLISH_S = 5.0  # how stale another worker's figures on the console may be
 
 
 class Engine:
@@ -68,6 +72,22 @@ class Engine:
         if self.capacity is not None:
             self._capacity_task = asyncio.create_task(self.capacity.run(), name="capacity")
             self._tasks.append(self._capacity_task)
+            self._tasks.append(asyncio.create_task(self._publish_activity_loop(), name="activity"))
+
+    async def _publish_activity_loop(self) -> None:
+        """Scale-out: every few seconds, this engine's last two minutes per deployment go to the
+        database, so the console of any API server shows every worker's activity."""
+        while True:
+            await asyncio.sleep(ACTIVITY_PUBLISH_S)
+            try:
+                await self.publish_activity()
+            except Exception as exc:  # a console figure: never worth more than a warning
+                log.warning("publishing deployment activity failed: %s: %s", type(exc).__name__, exc)
+
+    async def publish_activity(self) -> None:
+        minute = int(time.time()) // 60
+        await queries.publish_activity(self._store, self.owner, activity.recent_rows(minute - 1),
+                                       keep_from_minute=minute - activity.MINUTES)
 
     async def _sweep_orphan_blobs(self) -> None:
         """Blobs a crash left without a row (between a blob's commit and its row's insert, or files
@@ -92,6 +112,9 @@ class Engine:
         await self.writer.stop()
         for task in self._tasks:
             task.cancel()
+        if self.capacity is not None:
+            with contextlib.suppress(Exception):  # the last seconds' activity, best effort
+                await self.publish_activity()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._store.release_all_leases(self.owner)
         await close_pools(self.pools)

@@ -13,7 +13,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from batchgate.store.tables import api_keys, batches, capacity_leases, files, requests, results, teams
+from batchgate.store.tables import (
+    api_keys,
+    batches,
+    capacity_leases,
+    deployment_minutes,
+    files,
+    requests,
+    results,
+    teams,
+)
 
 Row = RowMapping
 
@@ -679,3 +688,30 @@ async def console_result(store: Store, batch_id: str, *, line_no: int | None = N
         query = select(results).where(results.c.batch_id == batch_id, results.c.line_no == line_no)
     async with store.engine.connect() as conn:
         return (await conn.execute(query.limit(1))).mappings().first()
+
+
+# ---------------------------------------------------------------- deployment activity (scale-out console)
+ACTIVITY_COLUMNS = ("requests", "tokens", "throttled", "errors", "peak_in_flight", "circuit_open")
+
+
+async def publish_activity(store: Store, owner: str, rows: list[dict[str, Any]], keep_from_minute: int) -> None:
+    """Store this engine's latest minutes (totals, so a repeat is harmless) and drop hour-old ones."""
+    async with store.engine.begin() as conn:
+        await conn.execute(delete(deployment_minutes).where(deployment_minutes.c.minute < keep_from_minute))
+        if not rows:
+            return
+        insert_ = pg_insert if store.dialect == "postgresql" else sqlite_insert
+        statement = insert_(deployment_minutes)
+        statement = statement.on_conflict_do_update(
+            index_elements=["owner", "deployment", "minute"],
+            set_={name: statement.excluded[name] for name in ACTIVITY_COLUMNS})
+        await conn.execute(statement, [{"owner": owner, **row} for row in rows])
+
+
+async def activity_minutes(store: Store, from_minute: int, exclude_owner: str | None) -> list[Row]:
+    """Every other engine's published minutes since `from_minute`."""
+    query = select(deployment_minutes).where(deployment_minutes.c.minute >= from_minute)
+    if exclude_owner is not None:
+        query = query.where(deployment_minutes.c.owner != exclude_owner)
+    async with store.engine.connect() as conn:
+        return list((await conn.execute(query)).mappings())

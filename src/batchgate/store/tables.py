@@ -178,3 +178,20 @@ capacity_leases = Table(
     Column("lease_until", Float, nullable=False),
     PrimaryKeyConstraint("deployment", "owner"),
 )
+
+# Scale-out: each engine's per-minute activity per deployment (activity.py's rings), published every
+# few seconds so any API server's console shows every worker's last hour. Rows older than an hour go.
+deployment_minutes = Table(
+    "deployment_minutes",
+    metadata,
+    Column("owner", String(64), nullable=False),
+    Column("deployment", String(256), nullable=False),
+    Column("minute", BigInteger, nullable=False),  # Unix minutes
+    Column("requests", Integer, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("throttled", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("peak_in_flight", Integer, nullable=False),
+    Column("circuit_open", Integer, nullable=False),
+    PrimaryKeyConstraint("owner", "deployment", "minute"),
+)

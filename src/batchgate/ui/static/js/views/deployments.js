@@ -10,13 +10,17 @@ export const title = "Deployments";
 
 export async function render(main) {
   const body = h("div");
-  replace(main, h("h1", {}, "Deployments"),
-    h("p.help", {}, "The last hour, minute by minute, as this gateway process's engine saw it."), body);
+  const help = h("p.help", {}, "The last hour, minute by minute.");
+  replace(main, h("h1", {}, "Deployments"), help, body);
   const draw = async () => {
     let page;
     try { page = await api("/ui/api/deployments", { poll: true }); } catch (err) { replace(body, errorBox(err)); return; }
+    help.textContent = page.shared
+      ? "The last hour, minute by minute, from every worker sharing this database (up to 5 s behind)."
+      : "The last hour, minute by minute, as this gateway process's engine saw it.";
     replace(body,
-      page.engine ? null : h("p.note", {}, "This process runs no engine (serve --no-engine): its workers' activity is not shown here."),
+      page.engine || page.shared ? null
+        : h("p.note", {}, "This process runs no engine (serve --no-engine): its workers' activity is not shown here."),
       page.data.map(card));
   };
   await draw();
