@@ -1,7 +1,8 @@
 """S3 (or any S3-compatible store) as the blob store, through obstore.
 
-Settings come from the standard AWS environment variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP=true for a plain-HTTP test server). Uploads are
+Settings come from `storage.s3` in the config, and what it leaves unset from the standard AWS
+environment variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+AWS_ALLOW_HTTP=true for a plain-HTTP test server). Uploads are
 streamed as multipart uploads that become visible only when completed, so an aborted upload
 leaves no object behind (S3 drops the incomplete parts).
 """
@@ -18,6 +19,7 @@ import obstore
 from obstore.store import S3Store
 
 from batchgate.blobs import CHUNK
+from batchgate.config import S3Settings
 
 
 def _storage_error(exc: Exception, doing: str) -> OSError:
@@ -63,9 +65,13 @@ class S3Writer:
 
 
 class S3BlobStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, settings: S3Settings | None = None) -> None:
         self.url = url
-        self._store = S3Store.from_url(url)
+        settings = settings or S3Settings()
+        # obstore reads the AWS environment itself; the config's values override it.
+        client_options = {} if settings.allow_http is None else {"allow_http": settings.allow_http}
+        self._store = S3Store.from_url(url, config=settings.overrides() or None,
+                                       client_options=client_options or None)
 
     async def writer(self, key: str) -> S3Writer:
         return S3Writer(self._store, key)

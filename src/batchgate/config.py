@@ -32,9 +32,27 @@ class ServerConfig(_Strict):
     port: int = 8080
 
 
+class S3Settings(_Strict):
+    """S3 connection settings for `storage.files: s3://…`; each one left unset comes from the standard
+    AWS environment variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, …)."""
+
+    endpoint: str | None = None  # e.g. http://127.0.0.1:9000 for MinIO; unset: AWS itself
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = Field(default=None, repr=False)
+    session_token: str | None = Field(default=None, repr=False)
+    allow_http: bool | None = None  # a plain-HTTP endpoint (test servers); unset: AWS_ALLOW_HTTP
+
+    def overrides(self) -> dict[str, str]:
+        """The settings given here, as obstore's S3 configuration keys."""
+        fields = ("endpoint", "region", "access_key_id", "secret_access_key", "session_token")
+        return {name: value for name in fields if (value := getattr(self, name))}
+
+
 class StorageConfig(_Strict):
     database: str = "sqlite:///.batchgate/batchgate.db"
     files: str = ".batchgate/files"
+    s3: S3Settings = S3Settings()
 
 
 class AuthConfig(_Strict):

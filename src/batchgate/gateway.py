@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from batchgate.blobs import BlobStore, LocalBlobStore
-from batchgate.config import ConfigError, Settings
+from batchgate.config import ConfigError, S3Settings, Settings
 from batchgate.engine.core import Engine
 from batchgate.keys import RateLimiter
 from batchgate.store.database import create_engine, is_sqlite
@@ -28,12 +28,12 @@ class Gateway:
             self.engine.notify(urgent)
 
 
-def open_blobs(url: str) -> BlobStore:
+def open_blobs(url: str, s3: S3Settings | None = None) -> BlobStore:
     if url.startswith("s3://"):
         from batchgate.blobs_s3 import S3BlobStore
 
         try:
-            return S3BlobStore(url)
+            return S3BlobStore(url, s3 or S3Settings())
         except Exception as exc:  # obstore reports bad URLs and settings as plain exceptions
             raise ConfigError(f"storage.files: cannot use {url!r}: {exc}") from exc
     if "://" in url and not url.startswith("file://"):
@@ -50,7 +50,7 @@ async def open_gateway(settings: Settings, *, run_engine: bool = True,
     store = Store(database)
     try:
         await upgrade_to_head(database)
-        blobs = open_blobs(settings.storage.files)
+        blobs = open_blobs(settings.storage.files, settings.storage.s3)
         engine = (Engine(settings, store, blobs, single_node=is_sqlite(settings.storage.database),
                          on_batch_done=on_batch_done) if run_engine else None)
         gateway = Gateway(settings, store, blobs, engine)

@@ -8,6 +8,8 @@ import pytest
 
 from batchgate.blobs import iter_lines
 from batchgate.blobs_s3 import S3BlobStore
+from batchgate.config import Settings
+from batchgate.gateway import open_blobs
 from tests.s3 import BUCKET, MotoS3Process
 
 
@@ -58,3 +60,21 @@ async def test_delete_is_idempotent_and_ping_answers(store: S3BlobStore) -> None
     with pytest.raises(FileNotFoundError):
         await store.size("file-d")
     await store.ping()
+
+
+async def test_settings_in_the_config_override_the_aws_environment(
+        s3: MotoS3Process, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The environment points nowhere useful; `storage.s3` in the config names the real server.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing answers
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP"):
+        monkeypatch.delenv(name, raising=False)
+    config = Settings.model_validate({"storage": {"files": f"s3://{BUCKET}/cfg-{secrets.token_hex(4)}", "s3": {
+        "endpoint": s3.url, "region": "us-east-1", "access_key_id": "test", "secret_access_key": "test",
+        "allow_http": True}}})
+    assert "secret_access_key='test'" not in repr(config.storage.s3)  # never in a log line
+    store = open_blobs(config.storage.files, config.storage.s3)
+    writer = await store.writer("file-cfg")
+    await writer.write(b'{"from": "config"}\n')
+    await writer.commit()
+    assert await store.read_range("file-cfg", 0, 8) == b'{"from":'
+    assert [key for key in s3.keys(prefix=config.storage.files.split("/", 3)[3]) if key.endswith("file-cfg")]
