@@ -3,6 +3,7 @@ one bucket, with a deployment's max_concurrency held across all workers together
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,13 @@ def processes(request: pytest.FixtureRequest) -> Iterator[list[ServerProcess]]:
             print(f"\n----- {process!r} log tail -----\n{process.log_tail(80)}")
 
 
+def succeeded_calls(metrics_port: int) -> float:
+    """A worker's `batchgate_requests_finished_total{outcome="succeeded"}`, from its /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    found = re.search(r'^batchgate_requests_finished_total\{outcome="succeeded"\} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_two_api_servers_and_three_workers_hold_the_global_limit_through_a_kill_and_a_restart(
     postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, tmp_path: Path,
     processes: list[ServerProcess],
@@ -58,7 +66,9 @@ def test_two_api_servers_and_three_workers_hold_the_global_limit_through_a_kill_
     config = cluster_config(postgres, s3, upstream, max_concurrency=MAX_CONCURRENCY)
     env = {**s3.env, "BATCHGATE_ADMIN_KEY": ADMIN}
     apis = [ServerProcess(config, env, workdir=tmp_path / f"api{i}", extra_args=["--no-engine"]) for i in range(2)]
-    workers = [WorkerProcess(config, env, workdir=tmp_path / f"worker{i}") for i in range(3)]
+    metrics_ports = [free_port() for _ in range(3)]
+    workers = [WorkerProcess(config, env, workdir=tmp_path / f"worker{i}", extra_args=["--metrics-port", str(port)])
+               for i, port in enumerate(metrics_ports)]
     processes.extend(apis + workers)
     for process in apis + workers:
         process.start()
@@ -71,6 +81,10 @@ def test_two_api_servers_and_three_workers_hold_the_global_limit_through_a_kill_
         assert second.batches.retrieve(batch.id).id == batch.id  # one database behind both servers
         wait_batch(second, batch.id, lambda b: b.request_counts.completed >= 300, timeout=60,
                    what="the workers never got going")
+        # The slots are shared: the worker that leased all 30 first drains to its part and the
+        # others grow into it (it used to refill them forever while the others waited: 0, 0, 371).
+        poll_until(lambda: all(succeeded_calls(port) >= 50 for port in metrics_ports), 30,
+                   message=lambda: f"not every worker ran calls: {[succeeded_calls(p) for p in metrics_ports]}")
         workers[0].kill()  # SIGKILL mid-run: its rows and slots come back when their leases expire
         wait_batch(second, batch.id, lambda b: b.request_counts.completed >= 900, timeout=60,
                    what="the batch stalled after a worker was killed")

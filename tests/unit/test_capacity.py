@@ -48,21 +48,25 @@ def lease(owner: str, slots: int, share: float, demand: int, wants_rate: bool | 
 
 
 def test_a_lone_worker_takes_everything() -> None:
-    assert decide_lease("d", "me", 30, 0, 30, []) == lease("me", 30, 1.0, 30)
+    assert decide_lease("d", "me", 30, 0, 30, []) == (lease("me", 30, 1.0, 30), 30)
 
 
 def test_a_newcomer_gets_only_what_the_others_left_free() -> None:
     holder = lease("a", 30, 1.0, 30)
-    assert decide_lease("d", "b", 30, 0, 30, [holder]) == lease("b", 0, 0.0, 30)
-    # The holder sees the newcomer's demand and shrinks to its fair part (but not below its in-flight).
-    assert decide_lease("d", "a", 30, 22, 30, [lease("b", 0, 0.0, 30)]) == lease("a", 22, 0.5, 30)
-    assert decide_lease("d", "a", 30, 3, 30, [lease("b", 0, 0.0, 30)]) == lease("a", 15, 0.5, 30)
+    assert decide_lease("d", "b", 30, 0, 30, [holder]) == (lease("b", 0, 0.0, 30), 0)
+    # The holder sees the newcomer's demand: it may fill only its fair part from now on, while its
+    # lease still counts the 22 calls on the wire…
+    assert decide_lease("d", "a", 30, 22, 30, [lease("b", 0, 0.0, 30)]) == (lease("a", 22, 0.5, 30), 15)
+    # …until they drained below that part.
+    assert decide_lease("d", "a", 30, 15, 30, [lease("b", 0, 0.0, 30)]) == (lease("a", 15, 0.5, 30), 15)
+    assert decide_lease("d", "a", 30, 3, 30, [lease("b", 0, 0.0, 30)]) == (lease("a", 15, 0.5, 30), 15)
     # …after which the newcomer grows into what is free.
-    assert decide_lease("d", "b", 30, 0, 30, [lease("a", 15, 0.5, 30)]) == lease("b", 15, 0.5, 30)
+    assert decide_lease("d", "b", 30, 0, 30, [lease("a", 15, 0.5, 30)]) == (lease("b", 15, 0.5, 30), 15)
 
 
 def test_an_idle_worker_keeps_only_its_calls_in_flight() -> None:
-    assert decide_lease("d", "a", 30, 4, 4, [lease("b", 10, 0.5, 30)]) == lease("a", 4, 0.0, 4, wants_rate=False)
+    assert decide_lease("d", "a", 30, 4, 4, [lease("b", 10, 0.5, 30)]) == (
+        lease("a", 4, 0.0, 4, wants_rate=False), 4)
 
 
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=6),
@@ -78,7 +82,8 @@ def test_renewals_in_any_order_never_sum_past_the_limit(workers: list[tuple[int,
         in_flight = min(workers[index][0], held[owner].slots)
         demand = workers[index][1]
         others = [held[o] for o in held if o != owner]
-        held[owner] = decide_lease("d", owner, limit, in_flight, demand, others)
+        held[owner], target = decide_lease("d", owner, limit, in_flight, demand, others)
+        assert target <= held[owner].slots
         assert sum(x.slots for x in held.values()) <= limit
         assert sum(x.rate_share for x in held.values()) <= 1.0 + 1e-9
 
@@ -157,6 +162,26 @@ async def test_three_coordinators_converge_to_equal_parts_and_release_on_stop(st
         await coordinator.renew()
     await coordinators[1].renew()  # the first renewal after the release could only grow into free slots
     assert sorted((r["owner"], r["slots"]) for r in await store.list_capacity_leases()) == [("w1", 15), ("w2", 15)]
+
+
+async def test_busy_workers_hand_slots_to_newcomers(store: Store) -> None:
+    """Each worker refills every slot it may the moment a call ends (a busy upstream, calls shorter
+    than a renewal): the first one's calls must still drain to its part, or the others wait forever."""
+    engine_config = EngineConfig(capacity_interval_s=0.1, capacity_lease_s=5.0)
+    pools = [_pool(30) for _ in range(3)]
+    deployments = [pool["m"].deployments[0] for pool in pools]
+    coordinators = [CapacityCoordinator(store, pool, engine_config, f"w{i}", lambda d: d.config.max_concurrency,
+                                        lambda: None) for i, pool in enumerate(pools)]
+    await coordinators[0].renew()
+    assert deployments[0].limits.concurrency == 30  # alone: everything
+    for _ in range(3):
+        for deployment, coordinator in zip(deployments, coordinators, strict=True):
+            deployment.in_flight = deployment.limits.concurrency  # every slot it may fill is busy
+            await coordinator.renew()
+            assert sum(r["slots"] for r in await store.list_capacity_leases()) <= 30
+    assert [d.limits.concurrency for d in deployments] == [10, 10, 10]
+    assert sorted((r["owner"], r["slots"]) for r in await store.list_capacity_leases()) == [
+        ("w0", 10), ("w1", 10), ("w2", 10)]
 
 
 async def test_a_vanished_workers_lease_expires_and_its_part_is_reused(store: Store) -> None:

@@ -46,22 +46,24 @@ def max_min_fair(total: int, demands: Mapping[str, int]) -> dict[str, int]:
 
 
 def decide_lease(deployment: str, owner: str, limit: int, in_flight: int, demand: int,
-                 others: list[CapacityLease]) -> CapacityLease:
-    """This worker's next lease on one deployment, given the other workers' live leases.
+                 others: list[CapacityLease]) -> tuple[CapacityLease, int]:
+    """This worker's next lease on one deployment, given the other workers' live leases, and the
+    slots it may fill from now on (its target).
 
-    Slots: its max-min fair part, but never more than the others leave free, and never fewer than
-    it has in flight (those calls are on the wire; it starts no more until it is back under).
+    Target: its max-min fair part, but never more than the others leave free. The stored lease
+    holds the target, or the calls in flight if more (they are on the wire): a busy worker over its
+    target starts nothing until it has drained below it, and the slots it gives back show at its next
+    renewal, for the others to grow into.
     Rate: an equal part among the workers with calls to start (demand beyond what is in flight),
     within what the others leave.
     """
     fair = max_min_fair(limit, {**{o.owner: o.demand for o in others}, owner: demand})[owner]
-    free = limit - sum(o.slots for o in others)
-    slots = max(in_flight, min(fair, free))
+    target = min(fair, limit - sum(o.slots for o in others))
     wants_rate = demand > in_flight
     wanting = sum(1 for o in others if o.wants_rate) + (1 if wants_rate else 0)
     share = 1.0 / wanting if wants_rate else 0.0
     share = max(0.0, min(share, 1.0 - sum(o.rate_share for o in others)))
-    return CapacityLease(deployment, owner, slots, share, demand, wants_rate)
+    return CapacityLease(deployment, owner, max(in_flight, target), share, demand, wants_rate), target
 
 
 class CapacityCoordinator:
@@ -96,12 +98,14 @@ class CapacityCoordinator:
         # Valid locally a little less long than in the table: a worker stops before others may start.
         valid_until = started + self._config.capacity_lease_s - self._config.capacity_interval_s
 
+        targets: dict[str, int] = {}
+
         def decide(others: dict[str, list[CapacityLease]]) -> list[CapacityLease]:
             leases = []
             for name, deployment in self._deployments.items():
-                lease = decide_lease(name, self._owner, deployment.config.max_concurrency,
-                                     deployment.in_flight, self._demand(deployment), others[name])
-                deployment.limits.shrink(lease.slots, lease.rate_share, time.monotonic())
+                lease, targets[name] = decide_lease(name, self._owner, deployment.config.max_concurrency,
+                                                    deployment.in_flight, self._demand(deployment), others[name])
+                deployment.limits.shrink(targets[name], lease.rate_share, time.monotonic())
                 leases.append(lease)
             return leases
 
@@ -110,10 +114,10 @@ class CapacityCoordinator:
                                                   list(self._deployments), decide)
         changed = False
         for lease in leases:
-            limits = self._deployments[lease.deployment].limits
-            changed |= limits.granted_slots != lease.slots
-            limits.grant(lease.slots, lease.rate_share, valid_until, time.monotonic())
-            metrics.CAPACITY_GRANTED.labels(lease.deployment).set(lease.slots)
+            limits, target = self._deployments[lease.deployment].limits, targets[lease.deployment]
+            changed |= limits.granted_slots != target
+            limits.grant(target, lease.rate_share, valid_until, time.monotonic())
+            metrics.CAPACITY_GRANTED.labels(lease.deployment).set(target)
         if changed:
             self._on_change()
 

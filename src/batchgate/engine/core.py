@@ -43,6 +43,8 @@ class Engine:
         # Several processes share the deployments' limits only on a shared database.
         self.capacity = None if single_node else CapacityCoordinator(
             store, self.pools, settings.engine, self.owner, self.dispatcher.demand, self.dispatcher.wake)
+        if self.capacity is not None:
+            self.dispatcher.on_new_work = self.capacity.wake
         self._capacity_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 

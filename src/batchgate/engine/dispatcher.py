@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,12 +109,18 @@ class Dispatcher:
         self._exhausted: dict[str, bool] = {}  # per model: the last claim found fewer rows than it asked
         self._pool_of = {d.name: pool for pool in pools.values() for d in pool.deployments}
         self._stopping = False
+        # Called when a batch joins the active set: this process's demand may have grown (scale-out:
+        # the capacity coordinator renews at once instead of at its next interval).
+        self.on_new_work: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------ control from the lifecycle loop
     def set_active(self, batches: list[ActiveBatch]) -> None:
         """The batches allowed to dispatch, in earliest-deadline-first order."""
+        known = {b.id for b in self._active}
         self._active = batches
         live = {b.id for b in batches}
+        if not live <= known:
+            self.on_new_work()
         for batch_id in [b for b in self._tasks if b not in live]:
             self.cancel_batch(batch_id)
         for ready in self._ready.values():
