@@ -27,6 +27,13 @@ class Gateway:
         if self.engine is not None:
             self.engine.notify(urgent)
 
+    async def take_key_token(self, key_id: str, rpm: int) -> float:
+        """A key's `rpm` limit: 0 if this request may go ahead, else the seconds until one may.
+        Held across every API server on a shared database; in memory on one node (SQLite)."""
+        if self.store.dialect == "postgresql":
+            return await self.store.take_key_token(key_id, rpm)
+        return self.rate_limiter.try_acquire(key_id, rpm)
+
 
 def open_blobs(url: str, s3: S3Settings | None = None) -> BlobStore:
     if url.startswith("s3://"):

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.helpers import ENGINE, assert_echoed, result_files, submit, wait_batch, wait_terminal
+from tests.e2e.helpers import ENGINE, assert_echoed, assert_error, result_files, submit, wait_batch, wait_terminal
 from tests.harness import (
     FakeUpstreamProcess,
     ServerProcess,
@@ -165,3 +165,35 @@ def test_three_workers_share_one_rpm_budget(
         result_files(client, done, rows)
     stats = upstream.stats()
     assert stats["by_status"] == {"200": 150}, stats  # not one 429
+
+
+def test_a_keys_rpm_holds_across_api_servers(
+    postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, tmp_path: Path,
+    processes: list[ServerProcess],
+) -> None:
+    """Two API servers behind a load balancer: a key's `rpm` counts its requests on both together
+    (it used to be counted per process: N servers let N × rpm through)."""
+    config = cluster_config(postgres, s3, upstream)
+    env = {**s3.env, "BATCHGATE_ADMIN_KEY": ADMIN}
+    apis = [ServerProcess(config, env, workdir=tmp_path / f"api{i}", extra_args=["--no-engine"]) for i in range(2)]
+    processes.extend(apis)
+    for api in apis:
+        api.start()
+    for api in apis:
+        api.wait_ready(60)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    assert httpx.post(f"{apis[0].url}/admin/teams", json={"name": "metered"}, headers=admin).status_code == 200
+    made = httpx.post(f"{apis[1].url}/admin/keys", json={"team": "metered", "rpm": 4}, headers=admin)
+    assert made.status_code == 200, made.text
+    key = {"Authorization": f"Bearer {made.json()['key']}"}
+
+    # Alternating servers, as a round-robin balancer would: 4 a minute in all, not 4 on each.
+    answers = [httpx.get(f"{apis[i % 2].url}/v1/batches", headers=key, timeout=10) for i in range(6)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 429, 429]
+    for refused in answers[4:]:
+        assert_error(refused, 429, code="rate_limit_exceeded")
+        assert int(refused.headers["retry-after"]) >= 1
+    # The admin key is never metered, and another key of the team has its own bucket.
+    other = httpx.post(f"{apis[0].url}/admin/keys", json={"team": "metered", "rpm": 4}, headers=admin).json()["key"]
+    assert httpx.get(f"{apis[1].url}/v1/batches", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+    assert httpx.get(f"{apis[0].url}/v1/batches", headers=admin).status_code == 200

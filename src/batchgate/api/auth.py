@@ -49,7 +49,7 @@ async def authenticate(request: Request) -> Principal:
         row = await gateway.store.key_by_hash(hash_key(token))
         if row is not None:
             if row["rpm"]:
-                wait = gateway.rate_limiter.try_acquire(row["id"], row["rpm"])
+                wait = await gateway.take_key_token(row["id"], row["rpm"])
                 if wait > 0:
                     raise RateLimited(f"rate limit of {row['rpm']} requests per minute reached for this key",
                                       code="rate_limit_exceeded", headers={"Retry-After": retry_after_header(wait)})

@@ -418,6 +418,15 @@ class Store:
                 ])
         return mine
 
+    async def take_key_token(self, key_id: str, rpm: int) -> float:
+        """Scale-out: one request from a key's shared `rpm` bucket (PostgreSQL). 0 if it may go ahead,
+        else the seconds until it may. One atomic upsert; the database's clock, so servers' clocks
+        need not agree."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(_TAKE_KEY_TOKEN, {"key_id": key_id, "rpm": float(rpm), "rate": rpm / 60.0})).one()
+        granted, tokens = row
+        return 0.0 if granted else (1 - tokens) / (rpm / 60.0)
+
     async def release_capacity(self, owner: str) -> None:
         """A clean shutdown: this worker's shares are free for the others at once."""
         async with self.engine.begin() as conn:
@@ -688,6 +697,20 @@ async def console_result(store: Store, batch_id: str, *, line_no: int | None = N
         query = select(results).where(results.c.batch_id == batch_id, results.c.line_no == line_no)
     async with store.engine.connect() as conn:
         return (await conn.execute(query.limit(1))).mappings().first()
+
+
+# The bucket refilled to `now` (capped at rpm), then a token taken if one is whole. In an UPDATE every
+# SET expression sees the row as it was, so `refilled` is written out where it is needed.
+_REFILLED = "least(CAST(:rpm AS float8), b.tokens + (excluded.updated - b.updated) * CAST(:rate AS float8))"
+_TAKE_KEY_TOKEN = text(f"""
+    INSERT INTO key_rate_buckets AS b (key_id, tokens, updated, granted)
+    VALUES (:key_id, CAST(:rpm AS float8) - 1, extract(epoch from clock_timestamp())::float8, true)
+    ON CONFLICT (key_id) DO UPDATE SET
+        tokens = CASE WHEN {_REFILLED} >= 1 THEN {_REFILLED} - 1 ELSE {_REFILLED} END,
+        granted = {_REFILLED} >= 1,
+        updated = excluded.updated
+    RETURNING granted, tokens
+""")
 
 
 # ---------------------------------------------------------------- deployment activity (scale-out console)

@@ -179,6 +179,17 @@ capacity_leases = Table(
     PrimaryKeyConstraint("deployment", "owner"),
 )
 
+# Scale-out: each API key's `rpm` token bucket, shared by every API server on one database (on one
+# node the bucket lives in the process's memory). Refilled from PostgreSQL's own clock.
+key_rate_buckets = Table(
+    "key_rate_buckets",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated", Float, nullable=False),  # Unix seconds of the last take
+    Column("granted", Boolean, nullable=False),  # whether the last take got a token
+)
+
 # Scale-out: each engine's per-minute activity per deployment (activity.py's rings), published every
 # few seconds so any API server's console shows every worker's last hour. Rows older than an hour go.
 deployment_minutes = Table(
