@@ -72,8 +72,9 @@ def recent_rows(from_minute: int) -> list[dict[str, Any]]:
     return [{"deployment": name, **row} for name, ring in _rings.items() for row in ring.rows(from_minute)]
 
 
-# Summed across processes, but for the gauges: of those the largest (a minute's peak, an open circuit).
-_SUMMED = {"requests", "tokens", "throttled", "errors"}
+# Summed across processes (the in-flight peaks too: workers' peaks in one minute add up to an upper
+# bound of the deployment's); an open circuit anywhere shows as open.
+_SUMMED = {"requests", "tokens", "throttled", "errors", "peak_in_flight"}
 
 
 def snapshot(deployment: str, now: float | None = None, others: list[Any] = ()) -> dict[str, Any]:

@@ -200,6 +200,11 @@ class Settings(_Strict):
             unknown = [f for f in model.fallbacks if f not in names]
             if unknown:
                 raise ValueError(f"model {model.name!r} falls back to unknown models {unknown}")
+        # Limits, leases, pins (x-tfy-provider-name) and metrics all key deployments by name.
+        deployment_names = [d.name for m in self.models for d in m.deployments]
+        repeated = {n for n in deployment_names if deployment_names.count(n) > 1}
+        if repeated:
+            raise ValueError(f"deployment names must be unique across models: {sorted(repeated)}")
         for rule in self.guardrails:
             unknown = [m for m in rule.models or [] if m not in names]
             if unknown:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ class Gateway:
     blobs: BlobStore
     engine: Engine | None
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
+    denied_until: dict[str, float] = field(default_factory=dict)  # key id → monotonic time (shared buckets)
 
     def notify(self, urgent: bool = True) -> None:
         if self.engine is not None:
@@ -30,9 +32,16 @@ class Gateway:
     async def take_key_token(self, key_id: str, rpm: int) -> float:
         """A key's `rpm` limit: 0 if this request may go ahead, else the seconds until one may.
         Held across every API server on a shared database; in memory on one node (SQLite)."""
-        if self.store.dialect == "postgresql":
-            return await self.store.take_key_token(key_id, rpm)
-        return self.rate_limiter.try_acquire(key_id, rpm)
+        if self.store.dialect != "postgresql":
+            return self.rate_limiter.try_acquire(key_id, rpm)
+        now = time.monotonic()
+        until = self.denied_until.get(key_id, 0.0)
+        if now < until:  # no token can appear before then: a client retrying in a loop costs no writes
+            return until - now
+        wait = await self.store.take_key_token(key_id, rpm)
+        if wait > 0:
+            self.denied_until[key_id] = now + wait
+        return wait
 
 
 def open_blobs(url: str, s3: S3Settings | None = None) -> BlobStore:

@@ -108,6 +108,24 @@ def test_models_lists_configured_names(open_server: ServerProcess) -> None:
         assert [m.id for m in c.models.list()] == MODEL_NAMES
 
 
+def test_open_mode_refuses_pages_from_other_sites(open_server: ServerProcess) -> None:
+    """No admin key means "anyone on this machine", not "any web page a browser here has open"."""
+    url = f"{open_server.base_url}/batches"
+    # DNS rebinding: a foreign name resolved to 127.0.0.1 arrives with that name in Host.
+    assert_error(httpx.get(url, headers={"Host": "attacker.example"}), 403, code="foreign_origin")
+    # A cross-site form post (no preflight) carries its page's Origin.
+    cancel = f"{open_server.base_url}/batches/batch_x/cancel"
+    assert_error(httpx.post(cancel, headers={"Origin": "https://attacker.example"}), 403, code="foreign_origin")
+    assert_error(httpx.get(url, headers={"Origin": "null"}), 403, code="foreign_origin")  # sandboxed frame
+    # The machine's own names and the console's own pages pass.
+    port = open_server.url.rsplit(":", 1)[1]
+    for host, origin in [("localhost", None), (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"),
+                         (f"[::1]:{port}", f"http://localhost:{port}")]:
+        headers = {"Host": host, **({"Origin": origin} if origin else {})}
+        assert httpx.get(url, headers=headers).status_code == 200, headers
+    assert httpx.get(f"{open_server.url}/health", headers={"Host": "attacker.example"}).status_code == 200
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/nope"),
     ("GET", "/v1/nope"),

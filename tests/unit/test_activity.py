@@ -30,7 +30,7 @@ def test_an_hour_later_the_bucket_starts_again_and_old_minutes_drop_out() -> Non
     assert sum(ring.series(101 + 2 * MINUTES)["requests"]) == 0  # all of it an hour old
 
 
-def test_other_workers_minutes_add_up_and_their_peaks_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_workers_minutes_and_peaks_add_up_and_an_open_circuit_shows(monkeypatch: pytest.MonkeyPatch) -> None:
     now_minute = 29_000_100
     monkeypatch.setattr(activity.time, "time", lambda: now_minute * 60 + 30)
     record("merge/0", 200, 7, 2, False)  # this process: one call in the current minute
@@ -49,6 +49,6 @@ def test_other_workers_minutes_add_up_and_their_peaks_do_not(monkeypatch: pytest
     ]
     series = snapshot("merge/0", now=now_minute * 60 + 30, others=others)["series"]
     assert series["requests"][-1] == 4 and series["tokens"][-1] == 37 and series["throttled"][-1] == 1
-    assert series["peak_in_flight"][-1] == 5  # the busiest process's peak, not a sum
+    assert series["peak_in_flight"][-1] == 7  # 2 here + 5 there: the deployment's peak, at most
     assert (series["requests"][-3], series["errors"][-3], series["circuit_open"][-3]) == (4, 2, 1)
     assert sum(series["requests"]) == 8

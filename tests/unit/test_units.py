@@ -15,7 +15,7 @@ from batchgate import ids
 from batchgate.api.files import safe_filename
 from batchgate.batch_params import window_seconds
 from batchgate.blobs import LocalBlobStore, iter_lines
-from batchgate.config import ConfigError, expand_env, load_settings
+from batchgate.config import ConfigError, Settings, expand_env, load_settings
 from batchgate.engine.finalize import request_id, result_line
 from batchgate.engine.retry import backoff_s, is_retryable
 from batchgate.engine.usage import extract_usage
@@ -603,3 +603,14 @@ def test_request_ids_are_stable_and_distinct() -> None:
     assert request_id("batch_1", 1) == request_id("batch_1", 1)
     assert request_id("batch_1", 1).startswith("batch_req_")
     assert len({request_id("batch_1", n) for n in range(1, 1001)} | {request_id("batch_2", 1)}) == 1001
+
+
+def test_config_refuses_a_deployment_name_used_by_two_models() -> None:
+    deployment = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "name": "vllm-1"}
+    with pytest.raises(ValueError, match=r"deployment names must be unique across models: \['vllm-1'\]"):
+        Settings.model_validate({"models": [{"name": "a", "deployments": [deployment]},
+                                            {"name": "b", "deployments": [deployment]}]})
+    # Unnamed deployments get "<model>/<index>", unique by construction.
+    unnamed = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    Settings.model_validate({"models": [{"name": "a", "deployments": [unnamed, unnamed]},
+                                        {"name": "b", "deployments": [unnamed]}]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -31,6 +32,23 @@ class RateLimited(APIError):
     error_type = "rate_limit_error"
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _loopback(authority: str) -> bool:
+    return urlsplit(authority if "//" in authority else "//" + authority).hostname in LOOPBACK_NAMES
+
+
+def _refuse_pages_from_elsewhere(request: Request) -> None:
+    """Open local mode trusts whoever reaches the loopback port, but not a web page from another site
+    that a browser on this machine runs: DNS rebinding gives its calls a foreign Host, and a
+    cross-site form post carries a foreign Origin."""
+    host, origin = request.headers.get("host"), request.headers.get("origin")
+    if (host and not _loopback(host)) or (origin is not None and not _loopback(origin)):
+        raise Forbidden("open local mode (no admin key) answers only requests to localhost from its own pages; "
+                        "set auth.admin_key to serve other hosts", code="foreign_origin")
+
+
 def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -56,6 +74,7 @@ async def authenticate(request: Request) -> Principal:
             models = tuple(orjson.loads(row["models"])) if row["models"] else None
             return Principal(team_id=row["team_id"], is_admin=False, key_id=row["id"], models=models)
     if admin_key is None and (token is None or not token.startswith(KEY_PREFIX)):
+        _refuse_pages_from_elsewhere(request)
         return ADMIN  # open local mode: only ever bound to loopback (checked at start-up)
     if token is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")

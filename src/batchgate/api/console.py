@@ -108,7 +108,7 @@ async def session(request: Request) -> JSON:
                  "team": {"id": team["id"], "name": team["name"]} if team else None,
                  "key_id": principal.key_id, "open_mode": gateway.settings.auth.admin_key is None,
                  "engine": gateway.engine is not None,
-                 "models": [m.name for m in gateway.settings.models]})
+                 "models": principal.allowed_models([m.name for m in gateway.settings.models])})
 
 
 async def list_batches(request: Request) -> Response:

@@ -120,6 +120,9 @@ class Dispatcher:
         self._active = batches
         live = {b.id for b in batches}
         if not live <= known:
+            for batch in batches:  # its model has rows again, whatever its last claim found
+                if batch.id not in known:
+                    self._exhausted[batch.model] = False
             self.on_new_work()
         for batch_id in [b for b in self._tasks if b not in live]:
             self.cancel_batch(batch_id)

@@ -701,14 +701,16 @@ async def console_result(store: Store, batch_id: str, *, line_no: int | None = N
 
 # The bucket refilled to `now` (capped at rpm), then a token taken if one is whole. In an UPDATE every
 # SET expression sees the row as it was, so `refilled` is written out where it is needed.
-_REFILLED = "least(CAST(:rpm AS float8), b.tokens + (excluded.updated - b.updated) * CAST(:rate AS float8))"
+# `greatest`: a take that read the clock first may commit second; time never runs backwards here.
+_REFILLED = ("least(CAST(:rpm AS float8),"
+             " b.tokens + greatest(excluded.updated - b.updated, 0) * CAST(:rate AS float8))")
 _TAKE_KEY_TOKEN = text(f"""
     INSERT INTO key_rate_buckets AS b (key_id, tokens, updated, granted)
     VALUES (:key_id, CAST(:rpm AS float8) - 1, extract(epoch from clock_timestamp())::float8, true)
     ON CONFLICT (key_id) DO UPDATE SET
         tokens = CASE WHEN {_REFILLED} >= 1 THEN {_REFILLED} - 1 ELSE {_REFILLED} END,
         granted = {_REFILLED} >= 1,
-        updated = excluded.updated
+        updated = greatest(b.updated, excluded.updated)
     RETURNING granted, tokens
 """)
 

@@ -6,6 +6,7 @@ const KEY = "batchgate.apiKey";
 export const auth = {
   get key() { return sessionStorage.getItem(KEY); },
   set key(value) {
+    cached.clear();  // another key (or none): never answer from the last one's bodies
     if (value) sessionStorage.setItem(KEY, value);
     else sessionStorage.removeItem(KEY);
   },

@@ -14,7 +14,12 @@ export function route(pattern, view) {
 export function match(path) {
   for (const r of routes) {
     const m = r.regex.exec(path);
-    if (m) return { view: r.view, params: Object.fromEntries(r.names.map((n, i) => [n, decodeURIComponent(m[i + 1])])) };
+    if (!m) continue;
+    try {
+      return { view: r.view, params: Object.fromEntries(r.names.map((n, i) => [n, decodeURIComponent(m[i + 1])])) };
+    } catch {
+      return null;  // a malformed escape (%E0): no such page
+    }
   }
   return null;
 }
