@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from batchgate.store.database import create_engine
+from batchgate.store.migrate import upgrade_to_head
+from batchgate.store.queries import Store
 from tests.harness import (
     FakeUpstreamProcess,
     ServerProcess,
@@ -70,6 +73,16 @@ def postgres() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+async def pg_store(postgres: PostgresCluster) -> AsyncIterator[Store]:
+    """A Store on a fresh PostgreSQL database, migrated to head."""
+    database = create_engine(postgres.new_database())
+    await upgrade_to_head(database)
+    store = Store(database)
+    yield store
+    await store.close()
 
 
 @pytest.fixture

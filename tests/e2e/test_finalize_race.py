@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from batchgate.blobs import LocalBlobStore, LocalWriter
 from batchgate.config import Settings
 from batchgate.engine.core import Engine
-from batchgate.store.database import create_engine
-from batchgate.store.migrate import upgrade_to_head
 from batchgate.store.queries import FinishedRequest, Store
-from tests.postgres import PostgresCluster
 
 
 class RacingBlobs(LocalBlobStore):
@@ -38,15 +32,6 @@ class RacingBlobs(LocalBlobStore):
         return writer
 
 
-@pytest.fixture
-async def store(postgres: PostgresCluster) -> AsyncIterator[Store]:
-    database = create_engine(postgres.new_database())
-    await upgrade_to_head(database)
-    store = Store(database)
-    yield store
-    await store.close()
-
-
 async def seed_finalizing_batch(store: Store, lines: int) -> str:
     now = int(time.time())
     batch_id = "batch_race"
@@ -62,22 +47,22 @@ async def seed_finalizing_batch(store: Store, lines: int) -> str:
     return batch_id
 
 
-async def test_two_engines_racing_a_finalisation_record_it_once(store: Store, tmp_path: Path) -> None:
-    batch_id = await seed_finalizing_batch(store, lines=50)
+async def test_two_engines_racing_a_finalisation_record_it_once(pg_store: Store, tmp_path: Path) -> None:
+    batch_id = await seed_finalizing_batch(pg_store, lines=50)
     barrier = asyncio.Barrier(2)
     blobs = RacingBlobs(tmp_path / "files", barrier)
     settings = Settings(models=[{"name": "m", "deployments": [{"provider": "openai",
                                                               "base_url": "http://127.0.0.1:9/v1"}]}])
-    engines = [Engine(settings, store, blobs, single_node=False) for _ in range(2)]
+    engines = [Engine(settings, pg_store, blobs, single_node=False) for _ in range(2)]
     await asyncio.gather(*(engine.lifecycle.tick() for engine in engines))
 
-    batch = await store.get_batch(batch_id)
+    batch = await pg_store.get_batch(batch_id)
     assert batch is not None and batch["status"] == "completed"
     assert batch["completed"] == 50 and batch["failed"] == 0
     assert barrier.n_waiting == 0  # both reached the commit: the race really happened
     # One output file recorded, and the loser's copy deleted: the blob store holds exactly that file.
     assert sorted(blobs.committed_keys()) == [batch["output_file_id"]]
-    output = await store.get_file(batch["output_file_id"], int(time.time()))
+    output = await pg_store.get_file(batch["output_file_id"], int(time.time()))
     assert output is not None and output["purpose"] == "batch_output"
     lines = [line async for chunk in blobs.iter_chunks(output["id"]) for line in chunk.splitlines()]
     assert len(lines) == 50
