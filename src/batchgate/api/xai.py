@@ -10,16 +10,26 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from batchgate import ids
+from batchgate.api import sealed_tokens
 from batchgate.api.auth import authenticate
-from batchgate.api.batches import batch_input_file, check_queue_quota, request_cancel, visible_batch
+from batchgate.api.batches import (
+    admission,
+    batch_input_file,
+    insert_within_quota,
+    quota_error,
+    request_cancel,
+    visible_batch,
+)
 from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
 from batchgate.batch_params import SERVED_ENDPOINTS
@@ -27,7 +37,16 @@ from batchgate.config import Settings
 from batchgate.errors import APIError, Conflict, InvalidRequest
 from batchgate.gateway import Gateway
 from batchgate.pricing import cost_ticks
-from batchgate.store.queries import BatchClosed, BatchFull, DuplicateRequestIds, MismatchedModel, Row
+from batchgate.store.queries import (
+    TERMINAL_STATUSES,
+    BatchClosed,
+    BatchFull,
+    DuplicateRequestIds,
+    MismatchedModel,
+    QueueFull,
+    Row,
+    TooManyOpenBatches,
+)
 from batchgate.xai_requests import ENDPOINT_KINDS, parse_add_requests
 
 OPEN_BATCH_WINDOW_S = 24 * 3600
@@ -135,16 +154,16 @@ async def create_batch(request: Request) -> JSON:
     }
     file_id = data.get("input_file_id")
     if file_id is None:  # an open batch: requests arrive through add-calls and start at once
-        await check_queue_quota(gateway, principal, 0)  # refuses a team or key over budget
+        quota = await admission(gateway, principal, 0, opening=True)  # refuses a team or key over budget
         row.update(status="in_progress", in_progress_at=now, sealed=False, input_file_id=None,
                    endpoint="/v1/chat/completions")
     else:  # a sealed batch from an OpenAI-format JSONL file
         if not isinstance(file_id, str):
             raise InvalidRequest("'input_file_id' must be a string", param="input_file_id", code="invalid_parameter")
-        await batch_input_file(gateway, principal, file_id)
+        _, quota = await batch_input_file(gateway, principal, file_id)
         row.update(status="validating", sealed=True, input_file_id=file_id,
                    endpoint=await _first_endpoint(gateway, file_id))
-    await gateway.store.insert_batch(row)
+    await insert_within_quota(gateway, row, quota)
     gateway.notify()
     stored = await gateway.store.get_batch(row["id"])
     assert stored is not None
@@ -208,7 +227,7 @@ async def add_requests(request: Request) -> JSON:
         if "\x00" in item.request_id:
             raise InvalidRequest(f"batch_requests[{index}]: batch_request_id must not contain NUL characters",
                                  param=f"batch_requests[{index}].batch_request_id", code="invalid_request")
-    await check_queue_quota(gateway, principal, len(items))
+    quota = await admission(gateway, principal, len(items))
     segment = "seg_" + ids.new_ulid()
     writer = await gateway.blobs.writer(segment)
     rows, offset, now = [], 0, time.time()
@@ -224,7 +243,7 @@ async def add_requests(request: Request) -> JSON:
         await writer.abort()
         raise
     try:
-        await gateway.store.append_requests(batch["id"], rows, model, limits.max_requests_per_batch)
+        await gateway.store.append_requests(batch["id"], rows, model, limits.max_requests_per_batch, quota)
     except DuplicateRequestIds as exc:
         await gateway.blobs.delete(segment)
         index = min(i for i, item in enumerate(items) if item.request_id in set(exc.ids))
@@ -234,6 +253,9 @@ async def add_requests(request: Request) -> JSON:
     except (BatchClosed, MismatchedModel, BatchFull) as exc:
         await gateway.blobs.delete(segment)
         raise _add_error(batch, exc) from exc
+    except (QueueFull, TooManyOpenBatches) as exc:
+        await gateway.blobs.delete(segment)
+        raise quota_error(exc, quota) from None
     except BaseException:
         await gateway.blobs.delete(segment)
         raise
@@ -276,27 +298,47 @@ async def list_requests(request: Request) -> JSON:
     })
 
 
-async def list_results(request: Request) -> JSON:
+async def list_results(request: Request) -> StreamingResponse:
     """Results in the order they were stored. The token is a position in that order, so pages read
-    while results keep arriving never skip or repeat one. It is null only at the end of what exists
-    when every request added so far has ended (for an open batch, more may be added later)."""
+    while results keep arriving never skip or repeat one; it is sealed (api/sealed_tokens.py), since
+    the position is gateway-wide. It is null only at the end of what exists when every request added
+    so far has ended (for an open batch, more may be added later). Streamed: a page of large answers
+    is never held whole."""
     principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     batch = await visible_batch(request, principal)
     limit = int_param(request, "limit", 100, 1, 1000)
-    after = decode_token(request, int) or 0
-    rows = await gateway.store.results_after_seq(batch["id"], after, limit)
+    after = _results_position(request, gateway, batch["id"])
+    # Read before the results: a batch seen finished here has every result stored already.
     fresh = await gateway.store.get_batch(batch["id"])
     assert fresh is not None
     unfinished = fresh["status"] == "validating" or (
-        fresh["status"] not in ("completed", "failed", "expired", "cancelled")
-        and fresh["total"] > fresh["completed"] + fresh["failed"])
-    more = len(rows) == limit or unfinished
-    position = rows[-1]["seq"] if rows else after
-    return JSON({
-        "results": [xai_result(gateway.settings, fresh, r) for r in rows],
-        "pagination_token": encode_token(position) if more else None,
-    })
+        fresh["status"] not in TERMINAL_STATUSES and fresh["total"] > fresh["completed"] + fresh["failed"])
+    rows = gateway.store.iter_results_by_seq(batch["id"], after_seq=after, limit=limit)
+    first = await anext(rows, None)  # a database failure answers 503 before the first byte is sent
+
+    async def body() -> AsyncIterator[bytes]:
+        count, position, row = 0, after, first
+        yield b'{"results":['
+        while row is not None:
+            yield (b"," if count else b"") + orjson.dumps(xai_result(gateway.settings, fresh, row))
+            count, position = count + 1, row["seq"]
+            row = await anext(rows, None)
+        more = count == limit or unfinished
+        token = sealed_tokens.seal(gateway.token_secret, batch["id"], position) if more else None
+        yield b'],"pagination_token":' + orjson.dumps(token) + b"}"
+
+    return StreamingResponse(body(), media_type="application/json")
+
+
+def _results_position(request: Request, gateway: Gateway, batch_id: str) -> int:
+    raw = request.query_params.get("pagination_token")
+    if not raw:
+        return 0
+    position = sealed_tokens.unseal(gateway.token_secret, batch_id, raw)
+    if position is None:
+        raise InvalidRequest("invalid pagination_token", param="pagination_token", code="invalid_parameter")
+    return position
 
 
 def routes() -> list[Route]:

@@ -19,6 +19,7 @@ from batchgate.aio import wait_for_event
 from batchgate.config import EngineConfig
 from batchgate.engine import metrics
 from batchgate.engine.deployments import Deployment, ModelPool
+from batchgate.store.outage import describe
 from batchgate.store.queries import CapacityLease, Store
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,8 @@ class CapacityCoordinator:
         while not self._stopping:
             try:
                 await self.renew()
-            except Exception:  # the grants lapse on their own if this keeps failing
-                log.exception("renewing capacity leases failed; retrying")
+            except Exception as exc:  # the grants lapse on their own if this keeps failing
+                self._store.outage.report(exc, "renewing capacity leases", log)
             await wait_for_event(self._wake, self._config.capacity_interval_s)
 
     async def renew(self) -> None:
@@ -126,5 +127,6 @@ class CapacityCoordinator:
         self._stopping = True
         try:
             await self._store.release_capacity(self._owner)
-        except Exception:
-            log.exception("releasing capacity leases failed; they expire in %gs", self._config.capacity_lease_s)
+        except Exception as exc:
+            log.warning("releasing capacity leases failed (%s); they expire in %gs", describe(exc),
+                        self._config.capacity_lease_s)

@@ -20,6 +20,7 @@ from batchgate.engine.guardrails import Guardrails
 from batchgate.engine.lifecycle import Lifecycle
 from batchgate.engine.writer import ResultWriter
 from batchgate.store import queries
+from batchgate.store.outage import describe, is_transient
 from batchgate.store.queries import Store
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,10 @@ class Engine:
         self._store = store
         self._blobs = blobs
         self._single_node = single_node
+        self._lease_s = settings.engine.lease_s
         self.pools = build_pools(settings)
         self.writer = ResultWriter(store, settings.engine.flush_interval_s, settings.engine.flush_max_results,
-                                   on_flushed=self._on_flushed)
+                                   on_flushed=self._on_flushed, outage=store.outage)
         self.dispatcher = Dispatcher(store, blobs, self.pools, self.writer, settings.engine, self.owner,
                                      Guardrails(settings.guardrails))
         self.lifecycle = Lifecycle(settings, store, blobs, self.dispatcher, self.writer, self.owner,
@@ -84,7 +86,10 @@ class Engine:
             try:
                 await self.publish_activity()
             except Exception as exc:  # a console figure: never worth more than a warning
-                log.warning("publishing deployment activity failed: %s: %s", type(exc).__name__, exc)
+                if is_transient(exc):
+                    self._store.outage.failed(exc, "publishing deployment activity")
+                else:
+                    log.warning("publishing deployment activity failed: %s: %s", type(exc).__name__, exc)
 
     async def publish_activity(self) -> None:
         minute = int(time.time()) // 60
@@ -118,5 +123,9 @@ class Engine:
             with contextlib.suppress(Exception):  # the last seconds' activity, best effort
                 await self.publish_activity()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._store.release_all_leases(self.owner)
+        try:
+            await self._store.release_all_leases(self.owner)
+        except Exception as exc:  # the database is down: the leases expire and others take the rows then
+            log.warning("handing back this worker's requests failed (%s); their leases expire in %gs",
+                        describe(exc), self._lease_s)
         await close_pools(self.pools)

@@ -168,8 +168,8 @@ class Dispatcher:
                 break
             try:
                 await self._claim_round()
-            except Exception:
-                log.exception("claim round failed; retrying")
+            except Exception as exc:
+                self._store.outage.report(exc, "a claim round", log)
                 await asyncio.sleep(self._config.poll_interval_s)
 
     async def stop(self) -> None:
@@ -345,8 +345,8 @@ class Dispatcher:
         deployment.in_flight -= 1
         deployment.series.in_flight.dec()
         limits, now = deployment.limits, time.monotonic()
-        if reply is None:  # abandoned (cancel, expiry, shutdown): says nothing about the upstream
-            limits.on_neutral()
+        if reply is None or reply.error_code == "response_too_large":  # abandoned, or an answer too big to
+            limits.on_neutral()  # keep: says nothing about the upstream's health
         elif reply.status_code == 429:
             limits.on_throttled(reply.retry_after_s, now)
         elif reply.answered and 200 <= (reply.status_code or 0) < 300:
@@ -517,7 +517,10 @@ def _json_text(body: bytes | None) -> tuple[str | None, Any]:
         return None, None
     try:
         parsed = orjson.loads(body)
-        return orjson.dumps(parsed).decode(), parsed
+        # Valid JSON on one line goes into the output as it came: re-serialising a large answer costs
+        # another copy of it (and CPU) for nothing.
+        text = body.decode() if b"\n" not in body and b"\r" not in body else orjson.dumps(parsed).decode()
+        return text, parsed
     except (orjson.JSONDecodeError, UnicodeDecodeError):
         text = body.decode("utf-8", errors="replace")
         return orjson.dumps(text).decode(), text

@@ -15,8 +15,6 @@ from batchgate import ids
 from batchgate.blobs import BlobStore, BlobWriter
 from batchgate.store.queries import Row, Store
 
-PAGE = 1000
-
 
 def request_id(batch_id: str, line_no: int) -> str:
     digest = hashlib.blake2b(f"{batch_id}:{line_no}".encode(), digest_size=12).hexdigest()
@@ -41,16 +39,13 @@ async def write_result_files(store: Store, blobs: BlobStore, batch: Row, now: in
     A file is made only when it has at least one line, as OpenAI does.
     """
     writers: dict[bool, tuple[str, BlobWriter]] = {}
-    after = 0
     try:
-        while page := await store.result_page(batch["id"], after, PAGE):
-            for row in page:
-                ok = bool(row["ok"])
-                if ok not in writers:
-                    key = ids.file_id()
-                    writers[ok] = (key, await blobs.writer(key))
-                await writers[ok][1].write(result_line(batch["id"], row))
-            after = page[-1]["line_no"]
+        async for row in store.iter_results(batch["id"]):
+            ok = bool(row["ok"])
+            if ok not in writers:
+                key = ids.file_id()
+                writers[ok] = (key, await blobs.writer(key))
+            await writers[ok][1].write(result_line(batch["id"], row))
         file_rows: dict[str, dict[str, Any]] = {}
         for ok, (key, writer) in writers.items():
             sha = await writer.commit()

@@ -113,9 +113,10 @@ class Lifecycle:
             try:
                 await self.tick()
                 failures = 0
-            except Exception:
+                self._store.outage.recovered()
+            except Exception as exc:
                 failures += 1
-                log.exception("lifecycle tick failed (%d in a row); retrying", failures)
+                self._store.outage.report(exc, f"a lifecycle tick ({failures} in a row)", log)
                 if failures % 3 == 0:  # a connection left broken must not wedge the engine for good
                     await self._store.reset_connections()
             await wait_for_event(self._wake, self._settings.engine.poll_interval_s)

@@ -6,13 +6,16 @@ import random
 
 from batchgate.upstreams.base import UpstreamReply
 
+# Outcomes without an HTTP answer that another attempt would repeat: the answer was too big, or the
+# upstream redirects elsewhere (a configuration matter, not a passing fault).
+FINAL_ERRORS = frozenset({"response_too_large", "upstream_redirect"})
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
 
 
 def is_retryable(reply: UpstreamReply) -> bool:
     """429, 5xx, timeouts and broken connections may succeed later; any other 4xx will not."""
     if not reply.answered:
-        return True
+        return reply.error_code not in FINAL_ERRORS
     assert reply.status_code is not None
     return reply.status_code in RETRYABLE_STATUS or reply.status_code >= 500
 

@@ -45,8 +45,10 @@ class ValidationReport:
 class LineChecker:
     """The rules for one request line; stateful across lines (model, custom_ids)."""
 
-    def __init__(self, endpoint: str, known_models: Collection[str], model_override: str | None) -> None:
+    def __init__(self, endpoint: str, known_models: Collection[str], model_override: str | None,
+                 max_custom_id_chars: int = 512) -> None:
         self.endpoint = endpoint
+        self.max_custom_id_chars = max_custom_id_chars
         self.known_models = known_models
         self.model_override = model_override
         self.model: str | None = model_override
@@ -75,6 +77,10 @@ class LineChecker:
             custom_id = None
         elif "\x00" in custom_id:  # PostgreSQL cannot store it: the batch would fail at its first write
             report.add("missing_required_parameter", NUL_MESSAGE.format(name="custom_id"), line, "custom_id")
+            custom_id = None
+        elif len(custom_id) > self.max_custom_id_chars:  # every listing and output line repeats it
+            report.add("invalid_custom_id", f"custom_id has {len(custom_id)} characters; at most "
+                       f"{self.max_custom_id_chars} are allowed (limits.max_custom_id_chars)", line, "custom_id")
             custom_id = None
         elif custom_id in self.seen_ids:
             report.add("duplicate_custom_id", f"custom_id {_short(custom_id)} appears more than once", line,
@@ -139,7 +145,7 @@ async def validate_input(
         report.add("file_too_large", f"the input file has {file_bytes} bytes; the limit is "
                    f"{limits.max_file_bytes} bytes", None, "input_file_id")
         return report
-    checker = LineChecker(endpoint, known_models, model_override)
+    checker = LineChecker(endpoint, known_models, model_override, limits.max_custom_id_chars)
     rows: list[dict[str, Any]] = []
     line = 0
     async for offset, length, raw in iter_lines(blobs, file_key, limits.max_line_bytes):

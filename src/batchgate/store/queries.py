@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +15,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from batchgate.store.outage import OutageLog
 from batchgate.store.tables import (
     api_keys,
     batches,
     capacity_leases,
     deployment_minutes,
     files,
+    gateway_secrets,
     requests,
     results,
     teams,
@@ -26,6 +30,8 @@ from batchgate.store.tables import (
 
 Row = RowMapping
 
+RESULT_PAGE_ROWS = 1000
+RESULT_PAGE_BYTES = 8 * 1024 * 1024  # answer bytes read at once when streaming results out
 RESULTS_LOCK_KEY = 0x62617463  # "batc": the advisory lock serialising result writes on PostgreSQL
 CAPACITY_LOCK_KEY = 0x63617061  # "capa": serialises the workers' capacity lease renewals
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
@@ -71,6 +77,28 @@ class BatchFull(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """What a team may hold, checked in the same transaction that adds to it (never check-then-insert)."""
+
+    team_id: str | None  # None: the admin's own objects
+    max_queued_requests: int | None = None  # requests without a result yet, across its batches
+    adding: int = 0  # requests the statement adds
+    max_open_batches: int | None = None  # open (xAI) batches; checked only when one is created
+
+
+class QueueFull(Exception):
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"{queued} queued, limit {limit}")
+        self.queued, self.limit = queued, limit
+
+
+class TooManyOpenBatches(Exception):
+    def __init__(self, open_batches: int, limit: int) -> None:
+        super().__init__(f"{open_batches} open, limit {limit}")
+        self.open_batches, self.limit = open_batches, limit
+
+
+@dataclass(frozen=True, slots=True)
 class CapacityLease:
     """One worker's share of one deployment's global limits."""
 
@@ -106,6 +134,7 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.outage = OutageLog()  # every loop of this process reports database trouble here, once
         self._insert_results = _insert_ignore(self.dialect, results).returning(results.c.batch_id, results.c.line_no)
 
     async def close(self) -> None:
@@ -125,6 +154,15 @@ class Store:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    async def gateway_secret(self, name: str) -> bytes:
+        """A random secret shared by every server of this database, made by whichever asks first."""
+        async with self.engine.begin() as conn:
+            await conn.execute(_insert_ignore(self.dialect, gateway_secrets).values(
+                name=name, value=secrets.token_hex(32)))
+            value = (await conn.execute(select(gateway_secrets.c.value).where(
+                gateway_secrets.c.name == name))).scalar_one()
+        return bytes.fromhex(value)
 
     # ---------------------------------------------------------------- teams and keys
     async def insert_team(self, row: dict[str, Any]) -> None:
@@ -175,16 +213,25 @@ class Store:
             return (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
 
     async def queued_requests(self, team_id: str) -> int:
-        """Requests of a team's unfinished batches that have no result yet (plus files still validating)."""
-        query = select(func.coalesce(func.sum(batches.c.total - batches.c.completed - batches.c.failed), 0)).where(
-            batches.c.team_id == team_id, batches.c.status.in_(ACTIVE_STATUSES))
-        validating = (
-            select(func.coalesce(func.sum(files.c.lines), 0))
-            .select_from(batches.join(files, files.c.id == batches.c.input_file_id))
-            .where(batches.c.team_id == team_id, batches.c.status == "validating")
-        )
         async with self.engine.connect() as conn:
-            return int((await conn.execute(query)).scalar_one()) + int((await conn.execute(validating)).scalar_one())
+            return await _queued_requests(conn, team_id)
+
+    async def _check_quota(self, conn: Any, quota: Quota) -> None:
+        """Under a per-team lock held to the end of the caller's transaction: refuse what would pass
+        the team's caps. SQLite has one connection for the process, so its transactions are serial."""
+        if self.dialect == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": _team_lock_key(quota.team_id)})
+        if quota.max_queued_requests is not None and quota.team_id is not None:
+            queued = await _queued_requests(conn, quota.team_id)
+            if queued + quota.adding > quota.max_queued_requests:
+                raise QueueFull(queued, quota.max_queued_requests)
+        if quota.max_open_batches is not None:
+            owner = batches.c.team_id.is_(None) if quota.team_id is None else batches.c.team_id == quota.team_id
+            open_batches = (await conn.execute(select(func.count()).where(
+                owner, batches.c.status == "in_progress", batches.c.sealed.is_(False)))).scalar_one()
+            if open_batches >= quota.max_open_batches:
+                raise TooManyOpenBatches(open_batches, quota.max_open_batches)
 
     async def usage(self, *, team_id: str | None, key_id: str | None, since: int | None,
                     batch_id: str | None = None) -> list[Row]:
@@ -248,8 +295,10 @@ class Store:
             return list((await conn.execute(query)).scalars())
 
     # ---------------------------------------------------------------- batches
-    async def insert_batch(self, row: dict[str, Any]) -> None:
+    async def insert_batch(self, row: dict[str, Any], quota: Quota | None = None) -> None:
         async with self.engine.begin() as conn:
+            if quota is not None:
+                await self._check_quota(conn, quota)
             await conn.execute(insert(batches).values(**row))
 
     async def get_batch(self, batch_id: str, team_id: str | None = None) -> Row | None:
@@ -494,14 +543,47 @@ class Store:
                 )
         return count
 
-    async def result_page(self, batch_id: str, after_line: int, limit: int,
-                          ok: bool | None = None) -> list[Row]:
-        query = select(results).where(results.c.batch_id == batch_id, results.c.line_no > after_line)
+    def iter_results(self, batch_id: str, *, after_line: int = 0, ok: bool | None = None,
+                     max_bytes: int = RESULT_PAGE_BYTES) -> AsyncIterator[Row]:
+        """Every result of a batch in line order, read in pages bounded by rows and by answer bytes."""
+        return self._iter_results(batch_id, results.c.line_no, after_line, None, ok, max_bytes)
+
+    def iter_results_by_seq(self, batch_id: str, *, after_seq: int = 0, limit: int | None = None,
+                            ok: bool | None = None, max_bytes: int = RESULT_PAGE_BYTES) -> AsyncIterator[Row]:
+        """Results in the order they were stored, each with its request's endpoint: a cursor on `seq`
+        never skips or repeats one."""
+        return self._iter_results(batch_id, results.c.seq, after_seq, limit, ok, max_bytes)
+
+    async def _iter_results(self, batch_id: str, key: Any, after: int, limit: int | None, ok: bool | None,
+                            max_bytes: int) -> AsyncIterator[Row]:
+        """Sizes first (a cheap index walk), then the rows in groups of at most `max_bytes` of bodies
+        (a larger body comes alone): memory is bounded by a constant, not by the answers' sizes."""
+        where = [results.c.batch_id == batch_id]
         if ok is not None:
-            query = query.where(results.c.ok == ok)
-        query = query.order_by(results.c.line_no).limit(limit)
-        async with self.engine.connect() as conn:
-            return list((await conn.execute(query)).mappings())
+            where.append(results.c.ok == ok)
+        left = limit
+        while left is None or left > 0:
+            page = RESULT_PAGE_ROWS if left is None else min(left, RESULT_PAGE_ROWS)
+            sizes_query = (select(key, func.coalesce(func.length(results.c.body), 0))
+                           .where(*where, key > after).order_by(key).limit(page))
+            async with self.engine.connect() as conn:
+                sizes = (await conn.execute(sizes_query)).all()
+            if not sizes:
+                return
+            for first, last in _groups_by_size(sizes, max_bytes):
+                query = (select(results, requests.c.endpoint)
+                         .join(requests, and_(requests.c.batch_id == results.c.batch_id,
+                                              requests.c.line_no == results.c.line_no), isouter=True)
+                         .where(*where, key >= first, key <= last).order_by(key))
+                async with self.engine.connect() as conn:
+                    rows = list((await conn.execute(query)).mappings())
+                for row in rows:
+                    yield row
+            after = sizes[-1][0]
+            if left is not None:
+                left -= len(sizes)
+            if len(sizes) < page:
+                return
 
     async def referenced_blob_keys(self) -> set[str]:
         """Blobs something points at: file rows and the segments of requests added to open batches."""
@@ -517,20 +599,6 @@ class Store:
                                                    requests.c.blob_key.is_not(None)).distinct()
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).scalars())
-
-    async def results_after_seq(self, batch_id: str, after_seq: int, limit: int, ok: bool | None = None
-                                ) -> list[Row]:
-        """Results in the order they were stored: a cursor on `seq` never skips or repeats one."""
-        query = (
-            select(results, requests.c.endpoint)
-            .join(requests, and_(requests.c.batch_id == results.c.batch_id, requests.c.line_no == results.c.line_no),
-                  isouter=True)
-            .where(results.c.batch_id == batch_id, results.c.seq > after_seq)
-        )
-        if ok is not None:
-            query = query.where(results.c.ok == ok)
-        async with self.engine.connect() as conn:
-            return list((await conn.execute(query.order_by(results.c.seq).limit(limit))).mappings())
 
     async def request_page(self, batch_id: str, after_line: int, limit: int) -> list[Row]:
         """Requests in the order they were added, each with its result's outcome if it has one."""
@@ -559,7 +627,8 @@ class Store:
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).mappings())
 
-    async def append_requests(self, batch_id: str, rows: list[dict[str, Any]], model: str, max_total: int) -> int:
+    async def append_requests(self, batch_id: str, rows: list[dict[str, Any]], model: str, max_total: int,
+                              quota: Quota | None = None) -> int:
         """Add requests to an open batch, all or nothing; returns the new total.
 
         Line numbers continue from the batch's total, taken under the batch row's lock, so
@@ -567,6 +636,8 @@ class Store:
         """
         lock = self.dialect == "postgresql"
         async with self.engine.begin() as conn:
+            if quota is not None:  # the team's lock first, then the batch's: the order every writer takes
+                await self._check_quota(conn, quota)
             query = select(batches.c.status, batches.c.sealed, batches.c.total, batches.c.model,
                            batches.c.expires_at).where(
                 batches.c.id == batch_id)
@@ -591,6 +662,37 @@ class Store:
             await conn.execute(update(batches).where(batches.c.id == batch_id).values(total=total, model=model))
         return total
 
+
+
+async def _queued_requests(conn: Any, team_id: str) -> int:
+    """Requests of a team's unfinished batches that have no result yet (plus files still validating)."""
+    query = select(func.coalesce(func.sum(batches.c.total - batches.c.completed - batches.c.failed), 0)).where(
+        batches.c.team_id == team_id, batches.c.status.in_(ACTIVE_STATUSES))
+    validating = (
+        select(func.coalesce(func.sum(files.c.lines), 0))
+        .select_from(batches.join(files, files.c.id == batches.c.input_file_id))
+        .where(batches.c.team_id == team_id, batches.c.status == "validating")
+    )
+    return int((await conn.execute(query)).scalar_one()) + int((await conn.execute(validating)).scalar_one())
+
+
+def _team_lock_key(team_id: str | None) -> int:
+    """A stable 63-bit advisory lock key per team ("" for the admin)."""
+    digest = hashlib.blake2b(f"team-quota:{team_id or ''}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _groups_by_size(sizes: Sequence[Any], max_bytes: int) -> Iterable[tuple[int, int]]:
+    """(first, last) key ranges of consecutive rows whose bodies add up to at most `max_bytes`."""
+    start, total = sizes[0][0], 0
+    previous = start
+    for position, size in sizes:
+        if total and total + size > max_bytes:
+            yield start, previous
+            start, total = position, 0
+        total += size
+        previous = position
+    yield start, previous
 
 
 def _insert_ignore(dialect: str, table: Any) -> Any:

@@ -190,6 +190,15 @@ key_rate_buckets = Table(
     Column("granted", Boolean, nullable=False),  # whether the last take got a token
 )
 
+# Random keys made once per database, so every server that shares it agrees on them (xAI result
+# pagination tokens are sealed with one: they must not show the gateway-wide result positions).
+gateway_secrets = Table(
+    "gateway_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(128), nullable=False),
+)
+
 # Scale-out: each engine's per-minute activity per deployment (activity.py's rings), published every
 # few seconds so any API server's console shows every worker's last hour. Rows older than an hour go.
 deployment_minutes = Table(
