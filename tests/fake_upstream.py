@@ -233,6 +233,7 @@ class _Stats:
         self.attempts: dict[bytes, int] = {}  # body hash -> attempts seen
         self.answered: dict[bytes, int] = {}  # body hash -> 200 answers given
         self.models_seen: dict[str, int] = {}
+        self.fields_seen: dict[str, int] = {}  # top-level body fields received, with counts
         self.auth_headers: dict[str, None] = {}  # an ordered set
         self.fail_counter = 0
         self.admitted: deque[float] = deque()  # monotonic times of calls inside the RPM window
@@ -253,6 +254,7 @@ class _Stats:
             "bodies_repeated": sum(1 for n in self.attempts.values() if n > 1),
             "answers_repeated": sum(n - 1 for n in self.answered.values()),
             "models_seen": dict(self.models_seen),
+            "fields_seen": dict(self.fields_seen),
             "auth_headers": list(self.auth_headers),
             "first_request_at": self.first_request_at,
             "last_answer_at": self.last_answer_at,
@@ -620,6 +622,8 @@ class FakeUpstream:
             error = _error_body(400, "you must provide a model parameter", "model")
             return self._json(stats, 400, error, headers)
         stats.models_seen[model] = stats.models_seen.get(model, 0) + 1
+        for field in body:
+            stats.fields_seen[field] = stats.fields_seen.get(field, 0) + 1
 
         if directives is not None and directives.status is not None:
             limit = directives.status_attempts

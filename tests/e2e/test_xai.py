@@ -7,6 +7,7 @@ errors, sealed batches from a file, the OpenAI view of the same batch, and a kil
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -244,6 +245,31 @@ def test_bad_pagination_token_or_limit_is_400(xai: httpx.Client) -> None:
             assert_error(xai.get(path, params={"pagination_token": token}), 400, param="pagination_token")
         for limit in (0, 1001, "many"):
             assert_error(xai.get(path, params={"limit": limit}), 400, param="limit")
+
+
+def test_results_tokens_are_sealed_to_their_batch(xai: httpx.Client) -> None:
+    """A results token must not carry the gateway-wide result position (one team could watch every
+    team's volume) and must not open on another batch."""
+    first, second = create(xai, "sealed a")["batch_id"], create(xai, "sealed b")["batch_id"]
+    for batch_id in (first, second):
+        add(xai, batch_id, [chat(f"{batch_id}-{i}", f"token {i}") for i in range(3)])
+        wait_state(xai, batch_id, lambda b: b["state"]["num_success"] == 3)
+    page = xai.get(f"/batches/{first}/results", params={"limit": 1}).json()
+    token = page["pagination_token"]
+    assert token is not None and len(page["results"]) == 1
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    with pytest.raises(ValueError):  # not the old {"after": <seq>}: sealed bytes that decode to nothing
+        json.loads(raw)
+    # The same position asked for twice gives two different tokens (a nonce): none can be compared.
+    assert xai.get(f"/batches/{first}/results", params={"limit": 1}).json()["pagination_token"] != token
+    assert_error(xai.get(f"/batches/{second}/results", params={"pagination_token": token}), 400,
+                 param="pagination_token")
+    tampered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    assert_error(xai.get(f"/batches/{first}/results", params={"pagination_token": tampered}), 400,
+                 param="pagination_token")
+    rest = xai.get(f"/batches/{first}/results", params={"pagination_token": token}).json()
+    ids = [r["batch_request_id"] for r in page["results"] + rest["results"]]
+    assert sorted(ids) == [f"{first}-{i}" for i in range(3)]
 
 
 def test_list_batches_pages_with_limit_and_token(xai: httpx.Client) -> None:
