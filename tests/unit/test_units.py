@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import types
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -614,3 +615,15 @@ def test_config_refuses_a_deployment_name_used_by_two_models() -> None:
     unnamed = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1"}
     Settings.model_validate({"models": [{"name": "a", "deployments": [unnamed, unnamed]},
                                         {"name": "b", "deployments": [unnamed]}]})
+
+
+@pytest.mark.parametrize(("base_url", "message"), [
+    ("http://user:secret@127.0.0.1:9/v1", "must not carry user:password@; put the upstream's credential in api_key"),
+    ("http://token@127.0.0.1:9/v1", "must not carry user:password@"),
+    ("127.0.0.1:9/v1", "must be an http:// or https:// URL with a host"),
+    ("ftp://127.0.0.1/v1", "must be an http:// or https:// URL with a host"),
+])
+def test_config_refuses_a_base_url_that_would_fail_every_call(base_url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings.model_validate({"models": [{"name": "a", "deployments": [
+            {"provider": "openai", "base_url": base_url}]}]})
