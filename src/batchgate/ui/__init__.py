@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import FileResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -15,6 +16,15 @@ from starlette.types import Message, Receive, Scope, Send
 from batchgate.api import console
 
 STATIC = Path(__file__).parent / "static"
+
+
+class AnyPath(PathConvertor):
+    """Starlette's `path` is `.*`, which stops at a newline: `/ui/a%0Ab` then fell through to a 404."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("anypath", AnyPath())
 # Nothing but this origin: no CDN, no inline script, no framing by other sites.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
@@ -52,6 +62,6 @@ def routes() -> list[BaseRoute]:
     console_app = Router(routes=[
         Mount("/api", routes=console.routes()),
         Mount("/static", app=StaticFiles(directory=STATIC)),
-        Route("/{path:path}", index, methods=["GET", "HEAD"]),
+        Route("/{path:anypath}", index, methods=["GET", "HEAD"]),
     ])
     return [Mount("/ui", app=SecurityHeaders(console_app))]
