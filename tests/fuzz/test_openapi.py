@@ -148,7 +148,8 @@ def _mounted(routes: list[Any], prefix: str = "") -> set[tuple[str, str]]:
         if isinstance(route, Mount):
             found |= _mounted(route.routes, prefix + route.path)
         elif isinstance(route, Route):
-            path = re.sub(r"\{(\w+):path\}", r"{\1}", prefix + route.path)  # Starlette's catch-all, OpenAPI's way
+            # catch-all convertors (path, the console's anypath) are plain parameters in OpenAPI
+            path = re.sub(r"\{(\w+):\w*path\}", r"{\1}", prefix + route.path)
             found |= {(method.lower(), path) for method in route.methods or () if method != "HEAD"}
     return found
 
