@@ -128,6 +128,8 @@ def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
                             asyncpg.PostgresError: _storage_error, asyncpg.InterfaceError: _storage_error,
                             Exception: _unexpected},
         middleware=[Middleware(RequestMetrics), Middleware(RejectNulInUrl),
-                    Middleware(BodyIdleTimeout, idle_s=settings.limits.body_idle_timeout_s)],
+                    Middleware(BodyIdleTimeout, idle_s=settings.limits.body_idle_timeout_s,
+                               min_bytes_per_s=settings.limits.body_min_bytes_per_s,
+                               grace_s=settings.limits.body_rate_grace_s)],
         lifespan=lifespan,
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -88,11 +89,23 @@ def serve(config: ConfigOption = None,
     except ConfigError as exc:
         _fail(str(exc))
     _logging(log_format)
+    from batchgate.api.http_protocol import limited_protocol
+
     config = uvicorn.Config(create_app(settings, run_engine=not no_engine), host=bind_host,
                             port=port or settings.server.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=10,
+                            timeout_graceful_shutdown=10, http=limited_protocol(settings.limits),
+                            **proxy_options(settings),
                             log_config=None)  # uvicorn's own records go through our handler (and format)
     _drained_server_class()(config).run()
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise: only when forwarded IPs are
+    configured (server.forwarded_allow_ips, or uvicorn's own FORWARDED_ALLOW_IPS) is a proxy trusted."""
+    allowed = settings.server.forwarded_allow_ips
+    if allowed:
+        return {"proxy_headers": True, "forwarded_allow_ips": allowed}
+    return {"proxy_headers": bool(os.environ.get("FORWARDED_ALLOW_IPS"))}
 
 
 @app.command()

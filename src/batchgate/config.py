@@ -31,6 +31,9 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = 8080
+    # The proxies whose X-Forwarded-For / Forwarded headers uvicorn trusts ("10.0.0.1,10.0.0.2" or "*");
+    # unset (and no FORWARDED_ALLOW_IPS in the environment): proxy headers are ignored.
+    forwarded_allow_ips: str | None = None
 
 
 class S3Settings(_Strict):
@@ -56,14 +59,23 @@ class StorageConfig(_Strict):
     s3: S3Settings = S3Settings()
 
 
+MIN_EXPOSED_ADMIN_KEY_CHARS = 16  # an admin key guarding a non-loopback address must be at least this long
+
+
 class AuthConfig(_Strict):
-    admin_key: str | None = None
-    protect_metrics: bool = False  # /metrics asks for the key too
+    admin_key: str | None = Field(default=None, repr=False)
+    # /metrics needs the admin key; None: protected exactly when an admin key is set.
+    protect_metrics: bool | None = None
 
     @field_validator("admin_key")
     @classmethod
-    def _blank_is_none(cls, value: str | None) -> str | None:
-        return value or None
+    def _strip_key(cls, value: str | None) -> str | None:
+        # A key pasted from a file or `echo` often ends in a newline the client never sends. (Whitespace
+        # inside is refused by check_bind_is_safe: a validation error here would print the key.)
+        return (value or "").strip() or None
+
+    def metrics_protected(self) -> bool:
+        return self.admin_key is not None if self.protect_metrics is None else self.protect_metrics
 
 
 class LimitsConfig(_Strict):
@@ -76,6 +88,11 @@ class LimitsConfig(_Strict):
     max_custom_id_chars: int = Field(default=512, gt=0)  # a request's custom_id (OpenAI documents none)
     max_open_batches_per_team: int = Field(default=100, gt=0)  # open xAI batches a team (or the admin) may hold
     body_idle_timeout_s: float = Field(default=60.0, gt=0)  # a request body that stalls this long: 408
+    body_min_bytes_per_s: float = Field(default=1024.0, ge=0)  # a slower body (on average) gets a 408; 0: off
+    body_rate_grace_s: float = Field(default=10.0, ge=0)  # the minimum rate applies after this long
+    max_header_bytes: int = Field(default=65_536, gt=0)  # request line + headers; more: 431
+    header_timeout_s: float = Field(default=15.0, gt=0)  # headers not complete this long after they start: 408
+    max_connections_per_client: int = Field(default=256, ge=0)  # open connections per client address; 0: any
 
 
 class PriceConfig(_Strict):
@@ -294,9 +311,35 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind_is_safe(settings: Settings, host: str) -> None:
-    """Refuse to serve without a key anywhere but loopback: open mode is for a laptop only."""
-    if settings.auth.admin_key is None and not is_loopback(host):
+    """Refuse to serve without a key anywhere but loopback (open mode is for a laptop only), open mode
+    behind a trusted proxy (every caller would arrive from loopback, as admin), and a guessable key
+    on a network address."""
+    admin_key = settings.auth.admin_key
+    if admin_key is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to listen on {host} without an API key: set BATCHGATE_ADMIN_KEY "
             "(or auth.admin_key in batchgate.yaml), or bind to 127.0.0.1"
+        )
+    if admin_key is None:
+        _refuse_proxied_open_mode(settings)
+    elif any(c.isspace() for c in admin_key):  # never echo the key: this message reaches logs
+        raise ConfigError("the admin key (auth.admin_key or BATCHGATE_ADMIN_KEY) contains whitespace (a space, tab "
+                          "or line break) inside it: a client sends it as one 'Authorization: Bearer <key>' token, "
+                          "so it could never match")
+    elif len(admin_key) < MIN_EXPOSED_ADMIN_KEY_CHARS and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host} with an admin key of {len(admin_key)} characters: off loopback it "
+            f"needs at least {MIN_EXPOSED_ADMIN_KEY_CHARS} characters (e.g. `openssl rand -hex 24`)"
+        )
+
+
+def _refuse_proxied_open_mode(settings: Settings) -> None:
+    sources = [name for name, value in (("server.forwarded_allow_ips", settings.server.forwarded_allow_ips),
+                                        ("FORWARDED_ALLOW_IPS", os.environ.get("FORWARDED_ALLOW_IPS")))
+               if value]
+    if sources:
+        raise ConfigError(
+            f"refusing open local mode (no admin key) behind a reverse proxy ({' and '.join(sources)} set): "
+            "every caller the proxy forwards would get admin rights; set auth.admin_key "
+            "(or BATCHGATE_ADMIN_KEY), or remove the forwarded IPs"
         )

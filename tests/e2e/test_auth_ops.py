@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from tests.harness import (
     upstream_model_config,
 )
 
-KEY = "secret"
+KEY = "secret"  # short keys are fine on loopback
+LONG_KEY = "a-long-enough-admin-key-for-0.0.0.0"  # off loopback a key needs at least 16 characters
 MODEL_NAMES = ["fake-model", "second-model", "third/model:v1"]
 
 # Every OpenAI route batchgate serves (method, path), with ids that do not exist.
@@ -126,6 +128,38 @@ def test_open_mode_refuses_pages_from_other_sites(open_server: ServerProcess) ->
     assert httpx.get(f"{open_server.url}/health", headers={"Host": "attacker.example"}).status_code == 200
 
 
+def test_open_mode_matches_host_and_origin_exactly(open_server: ServerProcess) -> None:
+    url = f"{open_server.base_url}/batches"
+    port = int(open_server.url.rsplit(":", 1)[1])
+    # A userinfo prefix, another port or a longer name is another site, however urlsplit reads it.
+    for host in ["evil.example@127.0.0.1", f"evil.example@127.0.0.1:{port}", f"127.0.0.1:{port + 1}",
+                 f"localhost:{port}@evil.example", "127.0.0.1.evil.example", f"[::1]:{port + 1}"]:
+        assert_error(httpx.get(url, headers={"Host": host}), 403, code="foreign_origin")
+    # A page served by another local program (another port, https, a path, userinfo) is another site.
+    for origin in [f"http://127.0.0.1:{port + 1}", f"http://localhost:{port + 1}", "http://localhost",
+                   f"https://localhost:{port}", f"http://evil.example@localhost:{port}", f"http://[::1]:{port}/x",
+                   f"http://127.0.0.1:{port}.evil.example"]:
+        assert_error(httpx.get(url, headers={"Origin": origin}), 403, code="foreign_origin")
+    for host, origin in [(f"localhost:{port}", f"http://[::1]:{port}"), ("[::1]", f"http://localhost:{port}"),
+                         ("127.0.0.1", None)]:
+        headers = {"Host": host, **({"Origin": origin} if origin else {})}
+        assert httpx.get(url, headers=headers).status_code == 200, headers
+
+
+@pytest.mark.parametrize(("header", "value"), [("Forwarded", "for=203.0.113.7"), ("X-Forwarded-For", "203.0.113.7"),
+                                               ("X-Forwarded-Host", "gateway.example"), ("X-Real-IP", "203.0.113.7")])
+def test_open_mode_refuses_requests_through_a_proxy(open_server: ServerProcess, header: str, value: str) -> None:
+    """A reverse proxy in front of an open server would give every caller on the network admin rights."""
+    err = assert_error(httpx.get(f"{open_server.base_url}/batches", headers={header: value}), 403,
+                       code="proxied_open_mode")
+    assert "admin_key" in err["message"], err
+
+
+def test_a_keyed_server_serves_through_a_proxy(keyed_server: ServerProcess) -> None:
+    headers = {"authorization": f"Bearer {KEY}", "X-Forwarded-For": "203.0.113.7", "Forwarded": "for=203.0.113.7"}
+    assert httpx.get(f"{keyed_server.base_url}/batches", headers=headers).status_code == 200
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/nope"),
     ("GET", "/v1/nope"),
@@ -204,16 +238,26 @@ def test_lowercase_bearer_scheme_is_accepted(keyed_server: ServerProcess) -> Non
     assert response.status_code == 200
 
 
-def test_metrics_on_a_keyed_server(keyed_server: ServerProcess) -> None:
-    response = httpx.get(f"{keyed_server.url}/metrics")
-    # "auth configurable": by default it answers; if protected it must say 401 in the envelope.
-    if response.status_code == 401:
-        assert_error(response, 401)
-    else:
+def test_metrics_needs_the_admin_key_when_one_is_set(keyed_server: ServerProcess) -> None:
+    url = f"{keyed_server.url}/metrics"
+    assert_error(httpx.get(url), 401)
+    admin = {"authorization": f"Bearer {KEY}"}
+    team = f"metrics-{uuid.uuid4().hex[:8]}"
+    assert httpx.post(f"{keyed_server.url}/admin/teams", json={"name": team}, headers=admin).status_code == 200
+    team_key = httpx.post(f"{keyed_server.url}/admin/keys", json={"team": team}, headers=admin).json()["key"]
+    assert_error(httpx.get(url, headers={"authorization": f"Bearer {team_key}"}), 403, code="admin_only")
+    response = httpx.get(url, headers=admin)
+    assert response.status_code == 200
+    assert "batchgate_" in response.text
+
+
+def test_metrics_protection_can_be_turned_off(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
+    cfg = {**config(upstream.url), "auth": {"protect_metrics": False}}
+    with running_server(cfg, tmp_path, env={"BATCHGATE_ADMIN_KEY": KEY}) as srv:
+        response = httpx.get(f"{srv.url}/metrics")
         assert response.status_code == 200
         assert "batchgate_" in response.text
-    assert httpx.get(f"{keyed_server.url}/metrics",
-                     headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+        assert httpx.get(f"{srv.url}/v1/models").status_code == 401  # only /metrics is opened
 
 
 def test_unknown_route_on_keyed_server_is_an_envelope(keyed_server: ServerProcess) -> None:
@@ -243,7 +287,50 @@ def test_serve_on_all_interfaces_without_a_key_refuses(tmp_path: Path, upstream:
 
 
 def test_serve_on_all_interfaces_with_a_key_starts(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
-    with running_server(config(upstream.url), tmp_path, env={"BATCHGATE_ADMIN_KEY": KEY},
+    with running_server(config(upstream.url), tmp_path, env={"BATCHGATE_ADMIN_KEY": LONG_KEY},
                         extra_args=["--host", "0.0.0.0"]) as srv:
         assert httpx.get(f"{srv.url}/v1/models").status_code == 401
-        assert httpx.get(f"{srv.url}/v1/models", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+        assert httpx.get(f"{srv.url}/v1/models", headers={"authorization": f"Bearer {LONG_KEY}"}).status_code == 200
+
+
+def refused_start(tmp_path: Path, cfg: dict[str, Any], env: dict[str, str], *args: str) -> str:
+    """`batchgate serve` exits with code 2 before listening; its output."""
+    port = free_port()
+    (tmp_path / "batchgate.yaml").write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "batchgate", "serve", "--port", str(port), *args]
+    result = subprocess.run(command, cwd=tmp_path, env=python_env(env), capture_output=True, text=True, timeout=20)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+    return output
+
+
+def test_open_mode_refuses_to_start_with_forwarded_ips_in_the_environment(tmp_path: Path,
+                                                                          upstream: FakeUpstreamProcess) -> None:
+    output = refused_start(tmp_path, config(upstream.url), {"FORWARDED_ALLOW_IPS": "*"})
+    assert "FORWARDED_ALLOW_IPS" in output and "admin_key" in output, output
+
+
+def test_open_mode_refuses_to_start_with_forwarded_ips_in_the_config(tmp_path: Path,
+                                                                     upstream: FakeUpstreamProcess) -> None:
+    cfg = {**config(upstream.url), "server": {"forwarded_allow_ips": "127.0.0.1"}}
+    output = refused_start(tmp_path, cfg, {})
+    assert "proxy" in output and "admin_key" in output, output
+
+
+def test_an_admin_key_with_whitespace_inside_is_refused(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
+    output = refused_start(tmp_path, config(upstream.url), {"BATCHGATE_ADMIN_KEY": "two words"})
+    assert "whitespace" in output, output
+    assert "two words" not in output  # the key itself is never printed
+
+
+def test_a_short_admin_key_off_loopback_is_refused(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
+    output = refused_start(tmp_path, config(upstream.url), {"BATCHGATE_ADMIN_KEY": "x"}, "--host", "0.0.0.0")
+    assert "16 characters" in output, output
+
+
+def test_an_admin_key_with_a_trailing_newline_works(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
+    with running_server(config(upstream.url), tmp_path, env={"BATCHGATE_ADMIN_KEY": f"  {KEY}\n"}) as srv:
+        assert httpx.get(f"{srv.base_url}/models", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+        assert_error(httpx.get(f"{srv.base_url}/models"), 401)

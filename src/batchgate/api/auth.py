@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -32,19 +31,48 @@ class RateLimited(APIError):
     error_type = "rate_limit_error"
 
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# Headers a reverse proxy adds: behind one, every caller reaches the loopback port.
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
 
 
-def _loopback(authority: str) -> bool:
-    return urlsplit(authority if "//" in authority else "//" + authority).hostname in LOOPBACK_NAMES
+def _own_port(request: Request) -> int | None:
+    server = request.scope.get("server")
+    return server[1] if server and len(server) > 1 else None
+
+
+def _is_own_host(host: str, port: int | None) -> bool:
+    """Exactly a loopback name, with this server's port or none: compared as strings, so no userinfo
+    (`evil.example@127.0.0.1`), suffix or other port can pass as what a parser would make of it."""
+    allowed = {*LOOPBACK_HOSTS, *(f"{name}:{port}" for name in LOOPBACK_HOSTS if port is not None)}
+    return host.lower() in allowed
+
+
+def _is_own_origin(origin: str, port: int | None) -> bool:
+    """A page this server served: http, a loopback name and this port (another local program's page is
+    another site). Browsers leave out the default port, so :80 may be implied."""
+    allowed = {f"http://{name}:{port}" for name in LOOPBACK_HOSTS if port is not None}
+    if port == 80:
+        allowed |= {f"http://{name}" for name in LOOPBACK_HOSTS}
+    return origin.lower() in allowed
+
+
+def _refuse_proxied_requests(request: Request) -> None:
+    sent = [name for name in PROXY_HEADERS if name in request.headers]
+    if sent:
+        raise Forbidden(f"open local mode (no admin key) does not answer requests through a proxy (this one carries "
+                        f"{', '.join(sent)}): behind a proxy every caller would get admin rights; set auth.admin_key "
+                        "(or BATCHGATE_ADMIN_KEY) to serve through one", code="proxied_open_mode")
 
 
 def _refuse_pages_from_elsewhere(request: Request) -> None:
     """Open local mode trusts whoever reaches the loopback port, but not a web page from another site
     that a browser on this machine runs: DNS rebinding gives its calls a foreign Host, and a
     cross-site form post carries a foreign Origin."""
+    _refuse_proxied_requests(request)
+    port = _own_port(request)
     host, origin = request.headers.get("host"), request.headers.get("origin")
-    if (host and not _loopback(host)) or (origin is not None and not _loopback(origin)):
+    if (host is not None and not _is_own_host(host, port)) or (origin is not None and not _is_own_origin(origin, port)):
         raise Forbidden("open local mode (no admin key) answers only requests to localhost from its own pages; "
                         "set auth.admin_key to serve other hosts", code="foreign_origin")
 

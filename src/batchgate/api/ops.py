@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from batchgate.api.auth import authenticate
+from batchgate.api.auth import authenticate, authenticate_admin
 from batchgate.api.responses import JSON
 from batchgate.gateway import Gateway
 
@@ -35,9 +35,11 @@ async def ready(request: Request) -> JSON:
 
 
 async def metrics(request: Request) -> Response:
+    # Counters name teams' models, deployments and volumes: with an admin key set, only the admin sees
+    # them (unless auth.protect_metrics: false). Open local mode answers anyone on loopback.
     gateway: Gateway = request.app.state.gateway
-    if gateway.settings.auth.protect_metrics:
-        await authenticate(request)
+    if gateway.settings.auth.metrics_protected():
+        await authenticate_admin(request)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
