@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from batchgate.api.auth import authenticate
 from batchgate.engine.deployments import deployment_names
-from batchgate.engine.finalize import result_line
+from batchgate.engine.finalize import result_line_pieces, slices
 from batchgate.errors import InvalidRequest
 from batchgate.gateway import Gateway
 
@@ -78,8 +78,15 @@ async def batch_output(request: Request) -> StreamingResponse:
         yield b"["
         first = True
         async for row in gateway.store.iter_results_by_seq(batch["id"], ok=True):
-            yield (b"" if first else b",") + result_line(batch["id"], row).rstrip(b"\n")
+            if not first:
+                yield b","
             first = False
+            pieces = result_line_pieces(batch["id"], row)
+            pieces[-1] = pieces[-1].rstrip(b"\n")
+            for piece in pieces:
+                for part in slices(piece):
+                    yield part
+            del row, pieces  # not held while the next page is read
         yield b"]"
 
     return StreamingResponse(body(), media_type="application/json")

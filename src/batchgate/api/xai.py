@@ -34,6 +34,7 @@ from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
 from batchgate.batch_params import SERVED_ENDPOINTS
 from batchgate.config import Settings
+from batchgate.engine.finalize import slices
 from batchgate.errors import APIError, Conflict, InvalidRequest
 from batchgate.gateway import Gateway
 from batchgate.pricing import cost_ticks
@@ -321,8 +322,13 @@ async def list_results(request: Request) -> StreamingResponse:
         count, position, row = 0, after, first
         yield b'{"results":['
         while row is not None:
-            yield (b"," if count else b"") + orjson.dumps(xai_result(gateway.settings, fresh, row))
-            count, position = count + 1, row["seq"]
+            result, position = xai_result(gateway.settings, fresh, row), row["seq"]
+            row = None  # an answer is held once (parsed) while it is sent, and not while the next page is read
+            if count:
+                yield b","
+            for part in slices(orjson.dumps(result)):
+                yield part
+            count, result = count + 1, None
             row = await anext(rows, None)
         more = count == limit or unfinished
         token = sealed_tokens.seal(gateway.token_secret, batch["id"], position) if more else None

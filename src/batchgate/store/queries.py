@@ -577,8 +577,9 @@ class Store:
                          .where(*where, key >= first, key <= last).order_by(key))
                 async with self.engine.connect() as conn:
                     rows = list((await conn.execute(query)).mappings())
-                for row in rows:
-                    yield row
+                rows.reverse()
+                while rows:  # popped, so a row the caller is done with is not held by this page
+                    yield rows.pop()
             after = sizes[-1][0]
             if left is not None:
                 left -= len(sizes)
