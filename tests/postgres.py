@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
 import secrets
 import subprocess
+import time
+from collections.abc import Iterator
 
 ROLE, PASSWORD = "bg", "bg"
 
@@ -27,9 +30,46 @@ class PostgresCluster:
         self.version = re.search(r"postgresql/(\d+)/", servers[-1]).group(1)  # type: ignore[union-attr]
         self.started_here = False
 
-    def _ctl(self, action: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, "main", action],
+    def _ctl(self, action: str, *options: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *options, self.version, "main", action],
                               capture_output=True, timeout=120)
+
+    def is_running(self) -> bool:
+        return self._ctl("status").returncode == 0
+
+    def accepts_connections(self) -> bool:
+        """pg_isready on the gateway's address: the server is up and past recovery."""
+        done = subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-t", "2"], capture_output=True, timeout=30)
+        return done.returncode == 0
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the cluster now, whoever started it: a database outage for a chaos test (`fast` ends every
+        session with "terminating connection due to administrator command"; `immediate` is a crash, the
+        next start runs recovery). Pair it with `resume`, in a `finally`: later tests share the cluster."""
+        result = self._ctl("stop", "-m", mode)
+        if result.returncode != 0 and self.is_running():
+            raise RuntimeError(f"pg_ctlcluster stop failed: {result.stderr.decode()[-500:]}")
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the cluster again (if it is down) and wait until it accepts connections."""
+        deadline = time.monotonic() + timeout
+        if not self.is_running():
+            result = self._ctl("start")
+            if result.returncode != 0 and not self.is_running():
+                raise RuntimeError(f"pg_ctlcluster start failed: {result.stderr.decode()[-500:]}")
+        while not self.accepts_connections():
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"PostgreSQL not accepting connections {timeout:g}s after start")
+            time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def down(self, mode: str = "fast") -> Iterator[None]:
+        """The cluster stopped for the body of the `with`, and running again after it, whatever happens."""
+        self.halt(mode)
+        try:
+            yield
+        finally:
+            self.resume()
 
     def start(self) -> PostgresCluster:
         if os.geteuid() != 0:
