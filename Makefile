@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # llama-cpp-python compiles from source (no wheel for this platform); use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+# A portable build: GGML_NATIVE picked instructions this machine's CPU traps on (invalid opcode in
+# libggml-cpu), and pip's wheel cache would hand that build to every later install here.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install run test lint chaos bench bench-detail bench-pg screenshots clean
+.PHONY: install run test lint chaos bench bench-detail bench-memory bench-pg screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +43,9 @@ bench-detail: install  # the older, more detailed benchmarks, one after another
 	$(BIN)/python bench/http_clients.py
 	$(BIN)/python bench/fair_share.py
 	$(BIN)/python bench/rate_limits.py
+
+bench-memory: install  # the server's peak RSS with 25 MB answers and 200 MB headers, written to bench/MEMORY.md
+	$(BIN)/python bench/memory.py
 
 bench-pg: install  # needs root and Debian's postgresql, like `make test`
 	bash scripts/ensure-postgres.sh

@@ -355,9 +355,10 @@ def _ops_paths() -> dict[str, Schema]:
         "/health": {"get": _op("Liveness", OPEN, _obj({"status": {"const": "ok"}}), ())},
         "/ready": {"get": _op("Readiness: the database and the files storage answer", OPEN, None, (), ok_content=_json(
             _obj({"status": {"const": "ready"}, "checks": {"type": "object", "additionalProperties": STR}})))},
-        "/metrics": {"get": {**_op("Prometheus metrics", OPEN, None, (401,), ok_content={"content": {
+        "/metrics": {"get": {**_op("Prometheus metrics", OPEN, None, (401, 403), ok_content={"content": {
             "text/plain": {"schema": STR}}}), "security": [{}, {"bearer": []}],
-            "description": "Needs a key only with auth.protect_metrics"}},
+            "description": "With an admin key set, the admin key only (403 for a team key); "
+                           "auth.protect_metrics: false opens it. Open local mode answers anyone."}},
         "/openapi.json": {"get": _op("This document", OPEN, {"type": "object"}, ())},
         "/ui/{path}": {"get": _op("The web console's page (the console asks for a key itself)", OPEN, None, (),
                                   parameters=[_path("path")],
