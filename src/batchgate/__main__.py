@@ -1,3 +1,3 @@
-from batchgate.cli import main
+from batchgate.cli.main import main
 
 main()

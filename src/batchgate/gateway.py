@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from batchgate.blobs import BlobStore, LocalBlobStore
 from batchgate.config import ConfigError, S3Settings, Settings
+from batchgate.domain.keys import RateLimiter
 from batchgate.engine.core import Engine
-from batchgate.keys import RateLimiter
 from batchgate.store.database import create_engine, is_sqlite
 from batchgate.store.migrate import upgrade_to_head
 from batchgate.store.queries import Store
@@ -47,7 +47,7 @@ class Gateway:
 
 def open_blobs(url: str, s3: S3Settings | None = None) -> BlobStore:
     if url.startswith("s3://"):
-        from batchgate.blobs_s3 import S3BlobStore
+        from batchgate.blobs.s3 import S3BlobStore
 
         try:
             return S3BlobStore(url, s3 or S3Settings())

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from batchgate.keys import KEY_PREFIX
+from batchgate.domain.keys import KEY_PREFIX
 from tests.browser.conftest import ADMIN_KEY, Console, screenshot_dir
 from tests.e2e.helpers import jsonl
 from tests.harness import chat_line, read_jsonl_bytes

@@ -13,9 +13,9 @@ import obstore.exceptions
 import pytest
 from obstore.store import MemoryStore
 
-from batchgate.api.files import storage_error
+from batchgate.api.openai.files import storage_error
 from batchgate.blobs import BlobMismatch, LocalBlobStore, VerifyingBlobStore
-from batchgate.blobs_s3 import S3Writer
+from batchgate.blobs.s3 import S3Writer
 from tests.chaos.helpers import DIRECTIVES, FAULT_RATES, fault_plan
 from tests.fake_upstream import FakeUpstream
 

@@ -27,8 +27,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import Mount, Route
 
+from batchgate.api.app import create_app
 from batchgate.api.openapi import document
-from batchgate.app import create_app
 from batchgate.config import Settings
 from tests.e2e.helpers import jsonl
 from tests.fuzz.helpers import ADMIN_KEY, envelope_problem, examples, fuzz_config, is_long_form

@@ -2,8 +2,8 @@
 
 import pytest
 
-from batchgate import activity
-from batchgate.activity import MINUTES, MinuteRing, recent_rows, record, snapshot
+from batchgate.engine import activity
+from batchgate.engine.activity import MINUTES, MinuteRing, recent_rows, record, snapshot
 
 
 def test_a_minute_counts_attempts_tokens_429s_errors_and_the_peak() -> None:

@@ -7,7 +7,7 @@ import secrets
 import pytest
 
 from batchgate.blobs import iter_lines
-from batchgate.blobs_s3 import S3BlobStore
+from batchgate.blobs.s3 import S3BlobStore
 from batchgate.config import Settings
 from batchgate.gateway import open_blobs
 from tests.s3 import BUCKET, MotoS3Process

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchgate.cli import proxy_options
+from batchgate.cli.main import proxy_options
 from batchgate.config import AuthConfig, ConfigError, ServerConfig, Settings, check_bind_is_safe
 
 

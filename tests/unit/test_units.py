@@ -12,15 +12,15 @@ from typing import Any
 import orjson
 import pytest
 
-from batchgate import ids
-from batchgate.api.files import safe_filename
-from batchgate.batch_params import window_seconds
+from batchgate.api.openai.files import safe_filename
 from batchgate.blobs import LocalBlobStore, iter_lines
 from batchgate.config import ConfigError, Settings, expand_env, load_settings
+from batchgate.domain import ids
+from batchgate.domain.errors import InvalidRequest
+from batchgate.domain.params import window_seconds
 from batchgate.engine.finalize import request_id, result_line
 from batchgate.engine.retry import backoff_s, is_retryable
 from batchgate.engine.usage import extract_usage
-from batchgate.errors import InvalidRequest
 from batchgate.upstreams.base import UpstreamReply
 
 # ----------------------------------------------------------------------------- engine/retry.py

@@ -10,14 +10,14 @@ from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.routing import Route
 
-from batchgate import ids
 from batchgate.api.auth import authenticate_admin
 from batchgate.api.params import json_object
 from batchgate.api.responses import JSON
-from batchgate.errors import Conflict, InvalidRequest, NotFound
+from batchgate.domain import ids
+from batchgate.domain.errors import Conflict, InvalidRequest, NotFound
+from batchgate.domain.keys import hash_key, new_key, shown_prefix
+from batchgate.domain.pricing import cost_usd
 from batchgate.gateway import Gateway
-from batchgate.keys import hash_key, new_key, shown_prefix
-from batchgate.pricing import cost_usd
 from batchgate.store.queries import Row
 
 MAX_NAME = 128

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import orjson
 from starlette.requests import Request
 
-from batchgate.errors import APIError, Forbidden, Unauthorized
-from batchgate.keys import KEY_PREFIX, hash_key, retry_after_header
+from batchgate.domain.errors import APIError, Forbidden, Unauthorized
+from batchgate.domain.keys import KEY_PREFIX, hash_key, retry_after_header
 
 
 @dataclass(frozen=True)

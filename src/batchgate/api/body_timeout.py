@@ -19,7 +19,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batchgate.errors import APIError
+from batchgate.domain.errors import APIError
 
 
 class BodyTimeout(APIError):

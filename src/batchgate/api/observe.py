@@ -7,8 +7,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batchgate import tracing
-from batchgate.engine import metrics
+from batchgate.observability import metrics, tracing
 
 # Longest first: TrueFoundry's inference prefix sits under its shorter one.
 DIALECT_PREFIXES = (("/api/llm/api/inference/openai", "truefoundry"), ("/api/llm", "truefoundry"),

@@ -15,9 +15,11 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from batchgate import __version__
-from batchgate.api import admin, console, files, truefoundry, xai
+from batchgate.api import admin, truefoundry, xai
+from batchgate.api.openai import files
 from batchgate.api.responses import JSON
-from batchgate.batch_params import (
+from batchgate.console import api as console
+from batchgate.domain.params import (
     MAX_METADATA_KEY,
     MAX_METADATA_KEYS,
     MAX_METADATA_VALUE,
@@ -25,7 +27,7 @@ from batchgate.batch_params import (
     MIN_OUTPUT_EXPIRY_S,
     SERVED_ENDPOINTS,
 )
-from batchgate.xai_requests import KIND_ENDPOINTS, MAX_REQUEST_ID
+from batchgate.domain.xai_requests import KIND_ENDPOINTS, MAX_REQUEST_ID
 
 Schema = dict[str, Any]
 
@@ -319,7 +321,7 @@ def _admin_paths() -> dict[str, Schema]:
 
 
 def _console_paths() -> dict[str, Schema]:
-    """The web console's own JSON API (src/batchgate/api/console.py), under /ui/api."""
+    """The web console's own JSON API (src/batchgate/console/api.py), under /ui/api."""
     tag, batch_id = "console", _path("batch_id")
     listed = _obj({"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}},
                    "has_more": {"type": "boolean"}}, ["object", "data", "has_more"])

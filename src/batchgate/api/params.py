@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from batchgate.errors import InvalidRequest
+from batchgate.domain.errors import InvalidRequest
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

@@ -14,9 +14,9 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from batchgate.api.auth import authenticate
+from batchgate.domain.errors import InvalidRequest
 from batchgate.engine.deployments import deployment_names
 from batchgate.engine.finalize import result_line_pieces, slices
-from batchgate.errors import InvalidRequest
 from batchgate.gateway import Gateway
 
 METADATA_HEADER = "x-tfy-metadata"
@@ -69,7 +69,7 @@ def job_name(data: dict[str, Any]) -> str | None:
 
 async def batch_output(request: Request) -> StreamingResponse:
     """The output lines finished so far as one JSON array, streamed; works while the batch runs."""
-    from batchgate.api.batches import visible_batch
+    from batchgate.api.openai.batches import visible_batch
 
     batch = await visible_batch(request, await authenticate(request))
     gateway: Gateway = request.app.state.gateway

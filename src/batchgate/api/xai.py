@@ -19,10 +19,9 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from batchgate import ids
 from batchgate.api import sealed_tokens
 from batchgate.api.auth import authenticate
-from batchgate.api.batches import (
+from batchgate.api.openai.batches import (
     admission,
     batch_input_file,
     insert_within_quota,
@@ -32,12 +31,14 @@ from batchgate.api.batches import (
 )
 from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
-from batchgate.batch_params import SERVED_ENDPOINTS
 from batchgate.config import Settings
+from batchgate.domain import ids
+from batchgate.domain.errors import APIError, Conflict, InvalidRequest
+from batchgate.domain.params import SERVED_ENDPOINTS
+from batchgate.domain.pricing import cost_ticks
+from batchgate.domain.xai_requests import ENDPOINT_KINDS, parse_add_requests
 from batchgate.engine.finalize import slices
-from batchgate.errors import APIError, Conflict, InvalidRequest
 from batchgate.gateway import Gateway
-from batchgate.pricing import cost_ticks
 from batchgate.store.queries import (
     TERMINAL_STATUSES,
     BatchClosed,
@@ -48,7 +49,6 @@ from batchgate.store.queries import (
     Row,
     TooManyOpenBatches,
 )
-from batchgate.xai_requests import ENDPOINT_KINDS, parse_add_requests
 
 OPEN_BATCH_WINDOW_S = 24 * 3600
 MAX_NAME = 256

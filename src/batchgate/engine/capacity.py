@@ -15,10 +15,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from batchgate.aio import wait_for_event
 from batchgate.config import EngineConfig
-from batchgate.engine import metrics
+from batchgate.engine.aio import wait_for_event
 from batchgate.engine.deployments import Deployment, ModelPool
+from batchgate.observability import metrics
 from batchgate.store.outage import describe
 from batchgate.store.queries import CapacityLease, Store
 

@@ -10,9 +10,10 @@ import socket
 import time
 from collections.abc import Callable
 
-from batchgate import activity, ids
 from batchgate.blobs import BlobStore, LocalBlobStore
 from batchgate.config import Settings
+from batchgate.domain import ids
+from batchgate.engine import activity
 from batchgate.engine.capacity import CapacityCoordinator
 from batchgate.engine.deployments import build_pools, close_pools
 from batchgate.engine.dispatcher import Dispatcher

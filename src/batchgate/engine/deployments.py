@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from batchgate.config import DeploymentConfig, ModelConfig, Settings
 from batchgate.engine.limits import DeploymentLimits
-from batchgate.engine.metrics import DeploymentSeries, ModelSeries
+from batchgate.observability.metrics import DeploymentSeries, ModelSeries
 from batchgate.upstreams.base import Upstream
 
 

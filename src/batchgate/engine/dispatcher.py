@@ -18,12 +18,12 @@ from typing import Any
 
 import orjson
 
-from batchgate import activity, tracing
-from batchgate.aio import wait_for_event
-from batchgate.batch_params import SERVED_ENDPOINTS
 from batchgate.blobs import BlobStore
 from batchgate.config import EngineConfig
-from batchgate.engine import metrics
+from batchgate.domain.params import SERVED_ENDPOINTS
+from batchgate.domain.pricing import priced_usd
+from batchgate.engine import activity
+from batchgate.engine.aio import wait_for_event
 from batchgate.engine.deployments import Deployment, ModelPool
 from batchgate.engine.fairness import FairShare
 from batchgate.engine.guardrails import Blocked, Guardrails
@@ -31,7 +31,7 @@ from batchgate.engine.limits import estimate_tokens
 from batchgate.engine.retry import backoff_s, is_retryable
 from batchgate.engine.usage import extract_usage
 from batchgate.engine.writer import ResultWriter
-from batchgate.pricing import priced_usd
+from batchgate.observability import metrics, tracing
 from batchgate.store.queries import ClaimedRequest, FinishedRequest, Store
 from batchgate.upstreams.base import UpstreamReply
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from batchgate import ids
 from batchgate.blobs import BlobStore, BlobWriter
+from batchgate.domain import ids
 from batchgate.store.queries import Row, Store
 
 STREAM_SLICE_BYTES = 1 << 20  # what a streamed response hands the socket at a time

@@ -14,17 +14,16 @@ from typing import Any
 
 import orjson
 
-from batchgate import tracing
-from batchgate.aio import wait_for_event
 from batchgate.blobs import BlobMismatch, BlobStore, VerifyingBlobStore
-from batchgate.budgets import over_budget
 from batchgate.config import Settings
-from batchgate.engine import metrics
+from batchgate.domain.budgets import over_budget
+from batchgate.engine.aio import wait_for_event
 from batchgate.engine.deployments import deployment_names
 from batchgate.engine.dispatcher import ActiveBatch, Dispatcher
 from batchgate.engine.finalize import write_result_files
 from batchgate.engine.validate import ValidationReport, validate_input
 from batchgate.engine.writer import ResultWriter
+from batchgate.observability import metrics, tracing
 from batchgate.store.queries import ACTIVE_STATUSES, Row, Store
 
 log = logging.getLogger(__name__)

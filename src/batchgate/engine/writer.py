@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
-from batchgate.aio import wait_for_event
+from batchgate.engine.aio import wait_for_event
 from batchgate.store.outage import OutageLog, describe, is_data_error, is_transient
 from batchgate.store.queries import FinishedRequest, Store
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from batchgate.errors import InvalidRequest
+from batchgate.domain.errors import InvalidRequest
 
 # xAI's request kinds batchgate runs, and the OpenAI endpoint each one is.
 KIND_ENDPOINTS = {"chat_get_completion": "/v1/chat/completions", "responses": "/v1/responses"}

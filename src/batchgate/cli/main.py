@@ -42,12 +42,12 @@ LogFormatOption = Annotated[str, typer.Option("--log-format", envvar="BATCHGATE_
 
 
 def _logging(log_format: str) -> None:
-    from batchgate.logs import configure
+    from batchgate.observability.logs import configure
 
     if log_format not in ("text", "json"):
         _fail(f"--log-format must be text or json, not {log_format!r}")
     configure("json" if log_format == "json" else "text")
-    from batchgate import tracing
+    from batchgate.observability import tracing
 
     tracing.setup()  # OpenTelemetry, when OTEL_TRACES_EXPORTER asks and the SDK is installed
 
@@ -80,7 +80,7 @@ def serve(config: ConfigOption = None,
     """Run the API server with its batch engine."""
     import uvicorn
 
-    from batchgate.app import create_app
+    from batchgate.api.app import create_app
 
     settings = _settings(config)
     bind_host = host or settings.server.host
@@ -135,7 +135,7 @@ def worker(config: ConfigOption = None,
             logging.getLogger("batchgate").info("worker running; SIGTERM stops it")
             await stop.wait()
 
-    from batchgate.aio import run_fast
+    from batchgate.engine.aio import run_fast
 
     run_fast(main())
 
@@ -167,7 +167,7 @@ def run(input_file: Annotated[Path, typer.Argument(help="the batch input, OpenAI
         model: Annotated[str | None, typer.Option("--model", help="run every line on this model instead")] = None,
         config: ConfigOption = None) -> None:
     """Run one batch file in-process, no server needed; re-running resumes where it stopped."""
-    from batchgate.offline import run_offline
+    from batchgate.cli.offline import run_offline
 
     settings = _settings(config)
     if not input_file.is_file():
@@ -189,7 +189,7 @@ def submit(input_file: Annotated[Path, typer.Argument(help="the batch input, Ope
                                                            help="with --wait: save results here")] = None,
            base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """Upload a file to a running server and start a batch on it."""
-    from batchgate import client
+    from batchgate.cli import client
 
     raise typer.Exit(client.submit(base_url, api_key, input_file, endpoint, completion_window, wait, output_dir))
 
@@ -197,7 +197,7 @@ def submit(input_file: Annotated[Path, typer.Argument(help="the batch input, Ope
 @app.command()
 def status(batch_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """Show one batch."""
-    from batchgate import client
+    from batchgate.cli import client
 
     client.show_status(base_url, api_key, batch_id)
 
@@ -206,7 +206,7 @@ def status(batch_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: A
 def list_(limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
           base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """List batches, newest first."""
-    from batchgate import client
+    from batchgate.cli import client
 
     client.list_batches(base_url, api_key, limit)
 
@@ -214,7 +214,7 @@ def list_(limit: Annotated[int, typer.Option(help="how many, newest first")] = 2
 @app.command()
 def cancel(batch_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """Cancel a batch: finished results are kept, the rest end as batch_cancelled."""
-    from batchgate import client
+    from batchgate.cli import client
 
     client.cancel(base_url, api_key, batch_id)
 
@@ -223,7 +223,7 @@ def cancel(batch_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: A
 def download(batch_id: str, output_dir: Annotated[Path, typer.Option("--output", "-o", help="directory")],
              base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """Save a finished batch's output and error files into a directory."""
-    from batchgate import client
+    from batchgate.cli import client
 
     client.download(base_url, api_key, batch_id, output_dir)
 
@@ -243,7 +243,7 @@ def keys_create(team: Annotated[str, typer.Option(help="the team (name or id) th
                 budget_usd: Annotated[float | None, typer.Option(help="spend limit in USD")] = None,
                 base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """Create a key; the full key is printed once, on stdout."""
-    from batchgate import admin_client
+    from batchgate.cli import admin as admin_client
 
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
     admin_client.create_key(base_url, api_key, team, name, model_list, rpm, budget_usd)
@@ -252,7 +252,7 @@ def keys_create(team: Annotated[str, typer.Option(help="the team (name or id) th
 @keys_app.command("list")
 def keys_list(base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """List keys (prefixes only)."""
-    from batchgate import admin_client
+    from batchgate.cli import admin as admin_client
 
     admin_client.list_keys(base_url, api_key)
 
@@ -260,7 +260,7 @@ def keys_list(base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """Revoke a key; it stops working on its next request."""
-    from batchgate import admin_client
+    from batchgate.cli import admin as admin_client
 
     admin_client.revoke_key(base_url, api_key, key_id)
 
@@ -271,7 +271,7 @@ def teams_create(name: str, weight: Annotated[float | None, typer.Option(help="f
                  max_queued_requests: Annotated[int | None, typer.Option(help="queued requests cap")] = None,
                  base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """Create a team."""
-    from batchgate import admin_client
+    from batchgate.cli import admin as admin_client
 
     admin_client.create_team(base_url, api_key, name, weight, budget_usd, max_queued_requests)
 
@@ -279,7 +279,7 @@ def teams_create(name: str, weight: Annotated[float | None, typer.Option(help="f
 @teams_app.command("list")
 def teams_list(base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """List teams."""
-    from batchgate import admin_client
+    from batchgate.cli import admin as admin_client
 
     admin_client.list_teams(base_url, api_key)
 
@@ -290,7 +290,7 @@ def usage(team: Annotated[str | None, typer.Option(help="one team (name or id)")
           since: Annotated[int | None, typer.Option(help="batches created since (Unix seconds)")] = None,
           base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
     """Requests, tokens and cost per team, key and model (admin key needed)."""
-    from batchgate import admin_client
+    from batchgate.cli import admin as admin_client
 
     admin_client.usage(base_url, api_key, team, key, since)
 

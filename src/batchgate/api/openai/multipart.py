@@ -14,7 +14,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from batchgate.blobs import BlobWriter
-from batchgate.errors import InvalidRequest, PayloadTooLarge
+from batchgate.domain.errors import InvalidRequest, PayloadTooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 32

@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from batchgate.client import Client
+from batchgate.cli.client import Client
 
 
 def _admin(base_url: str, api_key: str | None) -> Client:

@@ -17,13 +17,13 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
-from batchgate import ids
-from batchgate.aio import wait_for_event
-from batchgate.batch_params import SERVED_ENDPOINTS, BatchParams, new_batch_row
 from batchgate.blobs import CHUNK
+from batchgate.cli.progress import batch_progress
 from batchgate.config import ConfigError, Settings
+from batchgate.domain import ids
+from batchgate.domain.params import SERVED_ENDPOINTS, BatchParams, new_batch_row
+from batchgate.engine.aio import wait_for_event
 from batchgate.gateway import Gateway, open_gateway
-from batchgate.progress import batch_progress
 from batchgate.store.queries import TERMINAL_STATUSES, Row
 
 OFFLINE_WINDOW = "366d"  # an offline run has no deadline but the one the user gives by stopping it

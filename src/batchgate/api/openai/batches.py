@@ -11,12 +11,12 @@ from starlette.routing import Route
 
 from batchgate.api import truefoundry
 from batchgate.api.auth import Principal, RateLimited, authenticate
+from batchgate.api.openai.serialize import batch_object, page
 from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
-from batchgate.api.serialize import batch_object, page
-from batchgate.batch_params import new_batch_row, parse_batch_params, parse_metadata
-from batchgate.budgets import over_budget
-from batchgate.errors import Conflict, InvalidRequest, NotFound
+from batchgate.domain.budgets import over_budget
+from batchgate.domain.errors import Conflict, InvalidRequest, NotFound
+from batchgate.domain.params import new_batch_row, parse_batch_params, parse_metadata
 from batchgate.gateway import Gateway
 from batchgate.store.queries import TERMINAL_STATUSES, QueueFull, Quota, Row, TooManyOpenBatches
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from batchgate import ids
-from batchgate.errors import InvalidRequest
+from batchgate.domain import ids
+from batchgate.domain.errors import InvalidRequest
 
 SERVED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations")
 UNSERVED_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/videos",

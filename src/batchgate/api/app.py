@@ -17,13 +17,14 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from batchgate import ui
-from batchgate.api import admin, batches, files, openapi, ops, truefoundry, xai
+from batchgate.api import admin, openapi, ops, truefoundry, xai
 from batchgate.api.body_timeout import BodyIdleTimeout
 from batchgate.api.observe import RequestMetrics
+from batchgate.api.openai import batches, files
 from batchgate.api.responses import JSON
 from batchgate.config import Settings
-from batchgate.errors import APIError
+from batchgate.console import routes as ui
+from batchgate.domain.errors import APIError
 from batchgate.gateway import open_gateway
 from batchgate.store.outage import is_transient
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batchgate.config import Settings
-from batchgate.pricing import cost_usd
+from batchgate.domain.pricing import cost_usd
 from batchgate.store.queries import Store
 
 

@@ -17,16 +17,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from batchgate import activity
 from batchgate.api.auth import Principal, authenticate
-from batchgate.api.batches import visible_batch
+from batchgate.api.openai.batches import visible_batch
+from batchgate.api.openai.serialize import batch_object
 from batchgate.api.params import int_param
 from batchgate.api.responses import JSON
-from batchgate.api.serialize import batch_object
+from batchgate.domain.errors import InvalidRequest, NotFound
+from batchgate.domain.pricing import cost_usd
+from batchgate.engine import activity
 from batchgate.engine.finalize import result_line
-from batchgate.errors import InvalidRequest, NotFound
 from batchgate.gateway import Gateway
-from batchgate.pricing import cost_usd
 from batchgate.store import queries
 from batchgate.store.queries import Row
 

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from batchgate.progress import batch_progress
+from batchgate.cli.progress import batch_progress
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 console = Console(stderr=True)

@@ -11,16 +11,16 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from batchgate import ids
 from batchgate.api import truefoundry
 from batchgate.api.auth import authenticate
-from batchgate.api.multipart import read_multipart
+from batchgate.api.openai.multipart import read_multipart
+from batchgate.api.openai.serialize import file_object, page
 from batchgate.api.params import choice_param, int_param
 from batchgate.api.responses import JSON
-from batchgate.api.serialize import file_object, page
-from batchgate.engine import metrics
-from batchgate.errors import APIError, Conflict, InvalidRequest, NotFound
+from batchgate.domain import ids
+from batchgate.domain.errors import APIError, Conflict, InvalidRequest, NotFound
 from batchgate.gateway import Gateway
+from batchgate.observability import metrics
 
 log = logging.getLogger(__name__)
 

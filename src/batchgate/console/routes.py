@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-from batchgate.api import console
+from batchgate.console import api as console
 
 STATIC = Path(__file__).parent / "static"
 

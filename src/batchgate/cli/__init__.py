@@ -1,0 +1,1 @@
+"""The command line: the server's entry points and a client for a running server."""

@@ -1,0 +1,1 @@
+"""The web console: its page, its static files and the JSON it reads."""
