@@ -27,6 +27,7 @@ from batchgate.domain.params import (
     MIN_OUTPUT_EXPIRY_S,
     SERVED_ENDPOINTS,
 )
+from batchgate.domain.status import BatchStatus, RequestOutcome
 from batchgate.domain.xai_requests import KIND_ENDPOINTS, MAX_REQUEST_ID
 
 Schema = dict[str, Any]
@@ -76,8 +77,7 @@ def _schemas() -> dict[str, Schema]:
                                                      "data": {"type": "array", "items": validation_error},
                                                      "total": INT})]},
         "input_file_id": NULL_STR, "completion_window": STR,
-        "status": {"enum": ["validating", "failed", "in_progress", "finalizing", "completed", "expired",
-                            "cancelling", "cancelled"]},
+        "status": {"enum": list(BatchStatus)},
         "output_file_id": NULL_STR, "error_file_id": NULL_STR, "created_at": INT, "in_progress_at": NULL_INT,
         "expires_at": INT, "finalizing_at": NULL_INT, "completed_at": NULL_INT, "failed_at": NULL_INT,
         "expired_at": NULL_INT, "cancelling_at": NULL_INT, "cancelled_at": NULL_INT,
@@ -115,7 +115,7 @@ def _schemas() -> dict[str, Schema]:
                               "pagination_token": NULL_STR}),
         "XaiRequestList": _obj({"batch_request_metadata": {"type": "array", "items": _obj({
             "batch_request_id": STR, "endpoint": STR, "model": NULL_STR,
-            "state": {"enum": ["pending", "succeeded", "failed", "cancelled"]},
+            "state": {"enum": list(RequestOutcome)},
             "create_time": rfc3339, "finish_time": nullable_time})}, "pagination_token": NULL_STR}),
         "XaiResultList": _obj({"results": {"type": "array", "items": _obj({
             "batch_request_id": STR, "batch_result": {"type": "object"}, "error_message": STR},

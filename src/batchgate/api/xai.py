@@ -36,11 +36,11 @@ from batchgate.domain import ids
 from batchgate.domain.errors import APIError, Conflict, InvalidRequest
 from batchgate.domain.params import SERVED_ENDPOINTS
 from batchgate.domain.pricing import cost_ticks
+from batchgate.domain.status import TERMINAL, BatchStatus, RequestOutcome, RequestState
 from batchgate.domain.xai_requests import ENDPOINT_KINDS, parse_add_requests
 from batchgate.engine.finalize import slices
 from batchgate.gateway import Gateway
 from batchgate.store.queries import (
-    TERMINAL_STATUSES,
     BatchClosed,
     BatchFull,
     DuplicateRequestIds,
@@ -83,12 +83,12 @@ async def xai_batch(gateway: Gateway, row: Row) -> dict[str, Any]:
     }
 
 
-def _request_state(row: Row) -> str:
+def _request_state(row: Row) -> RequestOutcome:
     if row["ok"] is None:
-        return "pending"
+        return RequestOutcome.PENDING
     if row["ok"]:
-        return "succeeded"
-    return "cancelled" if row["error_code"] == "batch_cancelled" else "failed"
+        return RequestOutcome.SUCCEEDED
+    return RequestOutcome.CANCELLED if row["error_code"] == "batch_cancelled" else RequestOutcome.FAILED
 
 
 def _kind(endpoint: str) -> str:
@@ -156,13 +156,13 @@ async def create_batch(request: Request) -> JSON:
     file_id = data.get("input_file_id")
     if file_id is None:  # an open batch: requests arrive through add-calls and start at once
         quota = await admission(gateway, principal, 0, opening=True)  # refuses a team or key over budget
-        row.update(status="in_progress", in_progress_at=now, sealed=False, input_file_id=None,
+        row.update(status=BatchStatus.IN_PROGRESS, in_progress_at=now, sealed=False, input_file_id=None,
                    endpoint="/v1/chat/completions")
     else:  # a sealed batch from an OpenAI-format JSONL file
         if not isinstance(file_id, str):
             raise InvalidRequest("'input_file_id' must be a string", param="input_file_id", code="invalid_parameter")
         _, quota = await batch_input_file(gateway, principal, file_id)
-        row.update(status="validating", sealed=True, input_file_id=file_id,
+        row.update(status=BatchStatus.VALIDATING, sealed=True, input_file_id=file_id,
                    endpoint=await _first_endpoint(gateway, file_id))
     await insert_within_quota(gateway, row, quota)
     gateway.notify()
@@ -236,7 +236,7 @@ async def add_requests(request: Request) -> JSON:
         for item in items:
             await writer.write(item.line + b"\n")
             rows.append({"custom_id": item.request_id, "offset": offset, "length": len(item.line),
-                         "state": "pending", "attempts": 0, "next_attempt_at": 0.0, "blob_key": segment,
+                         "state": RequestState.PENDING, "attempts": 0, "next_attempt_at": 0.0, "blob_key": segment,
                          "endpoint": item.endpoint, "created_at": now})
             offset += len(item.line) + 1
         await writer.commit()
@@ -313,8 +313,8 @@ async def list_results(request: Request) -> StreamingResponse:
     # Read before the results: a batch seen finished here has every result stored already.
     fresh = await gateway.store.get_batch(batch["id"])
     assert fresh is not None
-    unfinished = fresh["status"] == "validating" or (
-        fresh["status"] not in TERMINAL_STATUSES and fresh["total"] > fresh["completed"] + fresh["failed"])
+    unfinished = fresh["status"] == BatchStatus.VALIDATING or (
+        fresh["status"] not in TERMINAL and fresh["total"] > fresh["completed"] + fresh["failed"])
     rows = gateway.store.iter_results_by_seq(batch["id"], after_seq=after, limit=limit)
     first = await anext(rows, None)  # a database failure answers 503 before the first byte is sent
 

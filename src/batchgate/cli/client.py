@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from batchgate.cli.progress import batch_progress
+from batchgate.domain.status import TERMINAL, BatchStatus
 
-TERMINAL = ("completed", "failed", "expired", "cancelled")
 console = Console(stderr=True)
 
 
@@ -65,12 +65,12 @@ def submit(base_url: str, api_key: str | None, input_file: Path, endpoint: str, 
     _summary(batch)
     if output_dir is not None:
         _download(client, batch, output_dir)
-    return 0 if batch["status"] == "completed" else 1
+    return 0 if batch["status"] == BatchStatus.COMPLETED else 1
 
 
 def _wait(client: Client, batch_id: str) -> dict:
     with batch_progress(console) as progress:
-        task = progress.add_task("validating", total=None, failed=0)
+        task = progress.add_task(BatchStatus.VALIDATING, total=None, failed=0)
         while True:
             batch = client.call("GET", f"/batches/{batch_id}")
             counts = batch["request_counts"]

@@ -22,9 +22,10 @@ from batchgate.cli.progress import batch_progress
 from batchgate.config import ConfigError, Settings
 from batchgate.domain import ids
 from batchgate.domain.params import SERVED_ENDPOINTS, BatchParams, new_batch_row
+from batchgate.domain.status import TERMINAL, BatchStatus
 from batchgate.engine.aio import wait_for_event
 from batchgate.gateway import Gateway, open_gateway
-from batchgate.store.queries import TERMINAL_STATUSES, Row
+from batchgate.store.queries import Row
 
 OFFLINE_WINDOW = "366d"  # an offline run has no deadline but the one the user gives by stopping it
 STATE_FILE = "run.json"
@@ -123,20 +124,20 @@ async def _start(gateway: Gateway, input_path: Path, model: str | None, batch_id
 
 async def _follow(gateway: Gateway, batch_id: str, done: asyncio.Event, console: Console) -> Row:
     with batch_progress(console) as progress:
-        task = progress.add_task("validating", total=None, failed=0)
+        task = progress.add_task(BatchStatus.VALIDATING, total=None, failed=0)
         while True:
             batch = await gateway.store.get_batch(batch_id)
             assert batch is not None
             finished = batch["completed"] + batch["failed"]
             progress.update(task, description=batch["status"], total=batch["total"] or None, completed=finished,
                             failed=batch["failed"])
-            if batch["status"] in TERMINAL_STATUSES:
+            if batch["status"] in TERMINAL:
                 return batch
             await wait_for_event(done, 0.25)
 
 
 async def _export(gateway: Gateway, batch: Row, output: Path, errors: Path, console: Console) -> int:
-    if batch["status"] == "failed":
+    if batch["status"] == BatchStatus.FAILED:
         report = orjson.loads(batch["errors"] or "{}")
         for error in report.get("data", [])[:20]:
             console.print(f"[red]line {error.get('line')}: {error['code']}: {error['message']}")

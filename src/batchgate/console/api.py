@@ -24,18 +24,26 @@ from batchgate.api.params import int_param
 from batchgate.api.responses import JSON
 from batchgate.domain.errors import InvalidRequest, NotFound
 from batchgate.domain.pricing import cost_usd
+from batchgate.domain.status import CANCELLABLE, TERMINAL, BatchStatus, RequestOutcome, RequestState
 from batchgate.engine import activity
 from batchgate.engine.finalize import result_line
 from batchgate.gateway import Gateway
 from batchgate.store import queries
 from batchgate.store.queries import Row
 
-STATUSES = ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
-REQUEST_STATES = ("pending", "running", "done")
+STATUSES = tuple(BatchStatus)
+REQUEST_STATES = tuple(RequestState)
+# The names the page shows and filters by, from the one place they are spelled (domain/status.py).
+SESSION_STATUSES = {
+    "batch": list(BatchStatus), "terminal": list(TERMINAL), "cancellable": list(CANCELLABLE),
+    "request": [[RequestState.PENDING, "Pending"], [RequestState.RUNNING, "Running"], [RequestState.DONE, "Finished"]],
+    "request_finished": [RequestOutcome.SUCCEEDED, RequestOutcome.FAILED],
+}
 # (timestamp column, status it marks), in the order a batch moves through them
-TIMELINE = (("created_at", "validating"), ("in_progress_at", "in_progress"), ("cancelling_at", "cancelling"),
-            ("finalizing_at", "finalizing"), ("completed_at", "completed"), ("failed_at", "failed"),
-            ("expired_at", "expired"), ("cancelled_at", "cancelled"))
+TIMELINE = (("created_at", BatchStatus.VALIDATING), ("in_progress_at", BatchStatus.IN_PROGRESS),
+            ("cancelling_at", BatchStatus.CANCELLING), ("finalizing_at", BatchStatus.FINALIZING),
+            ("completed_at", BatchStatus.COMPLETED), ("failed_at", BatchStatus.FAILED),
+            ("expired_at", BatchStatus.EXPIRED), ("cancelled_at", BatchStatus.CANCELLED))
 
 
 def polled(request: Request, payload: dict[str, Any]) -> Response:
@@ -71,7 +79,7 @@ def progress(row: Row, now: float) -> dict[str, Any]:
                   if row[c] is not None), None)
     elapsed = ((ended or now) - started) if started else 0
     rate = done / max(elapsed, 1) if done and started else None  # timestamps are whole seconds
-    running = row["status"] == "in_progress"
+    running = row["status"] == BatchStatus.IN_PROGRESS
     return {"counts": {"total": total, "completed": row["completed"], "failed": row["failed"], "pending": pending},
             "rate_per_s": round(rate, 3) if rate else None,
             "eta_s": round(pending / rate) if rate and running and pending else None}
@@ -108,7 +116,8 @@ async def session(request: Request) -> JSON:
                  "team": {"id": team["id"], "name": team["name"]} if team else None,
                  "key_id": principal.key_id, "open_mode": gateway.settings.auth.admin_key is None,
                  "engine": gateway.engine is not None,
-                 "models": principal.allowed_models([m.name for m in gateway.settings.models])})
+                 "models": principal.allowed_models([m.name for m in gateway.settings.models]),
+                 "statuses": SESSION_STATUSES})
 
 
 async def list_batches(request: Request) -> Response:
@@ -153,9 +162,9 @@ async def batch_detail(request: Request) -> Response:
 
 def request_state(row: Row) -> str:
     """What a request is doing, as a person reads it: pending, retrying, running, succeeded, failed."""
-    if row["state"] == "done":
-        return "succeeded" if row["ok"] else "failed"
-    if row["state"] == "pending" and row["attempts"] > 0:
+    if row["state"] == RequestState.DONE:
+        return RequestOutcome.SUCCEEDED if row["ok"] else RequestOutcome.FAILED
+    if row["state"] == RequestState.PENDING and row["attempts"] > 0:
         return "retrying"
     return row["state"]
 

@@ -10,6 +10,7 @@ import orjson
 
 from batchgate.domain import ids
 from batchgate.domain.errors import InvalidRequest
+from batchgate.domain.status import BatchStatus
 
 SERVED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations")
 UNSERVED_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/videos",
@@ -107,7 +108,7 @@ def new_batch_row(params: BatchParams, *, team_id: str | None, now: int,
     return {
         "id": ids.batch_id(), "team_id": team_id, "endpoint": params.endpoint, "model": model_override,
         "model_override": model_override, "input_file_id": params.input_file_id,
-        "completion_window": params.completion_window, "status": "validating",
+        "completion_window": params.completion_window, "status": BatchStatus.VALIDATING,
         "metadata": orjson.dumps(params.metadata).decode() if params.metadata is not None else None,
         "output_expires_after": params.output_expires_after, "created_at": now, "expires_at": now + params.window_s,
         "total": 0, "completed": 0, "failed": 0, "input_tokens": 0, "cached_tokens": 0, "output_tokens": 0,

@@ -17,6 +17,7 @@ import orjson
 from batchgate.blobs import BlobMismatch, BlobStore, VerifyingBlobStore
 from batchgate.config import Settings
 from batchgate.domain.budgets import over_budget
+from batchgate.domain.status import ACTIVE, UNFINISHED, BatchStatus, RequestState
 from batchgate.engine.aio import wait_for_event
 from batchgate.engine.deployments import deployment_names
 from batchgate.engine.dispatcher import ActiveBatch, Dispatcher
@@ -24,7 +25,7 @@ from batchgate.engine.finalize import write_result_files
 from batchgate.engine.validate import ValidationReport, validate_input
 from batchgate.engine.writer import ResultWriter
 from batchgate.observability import metrics, tracing
-from batchgate.store.queries import ACTIVE_STATUSES, Row, Store
+from batchgate.store.queries import Row, Store
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +141,14 @@ class Lifecycle:
                                     enabled=now - self._last_budget_check >= BUDGET_CHECK_EVERY_S)
         if budget_check.enabled:
             self._last_budget_check = now
-        active_rows = await self._store.batches_with_status(ACTIVE_STATUSES)
+        active_rows = await self._store.batches_with_status(ACTIVE)
         for batch in active_rows:
             status = batch["status"]
-            if status == "validating":
+            if status == BatchStatus.VALIDATING:
                 self._start_validation(batch)
-            elif status == "in_progress":
+            elif status == BatchStatus.IN_PROGRESS:
                 if now >= batch["expires_at"]:
-                    await self._stop_early(batch, "in_progress", "expired", "batch_expired",
+                    await self._stop_early(batch, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED, "batch_expired",
                                            "the batch's completion window ended before this request ran")
                 elif batch["sealed"] and batch["completed"] + batch["failed"] >= batch["total"]:
                     await self._complete(batch)  # an open (xAI) batch runs until cancelled or expired
@@ -161,9 +162,9 @@ class Lifecycle:
                                               batch["endpoint"], batch["input_file_id"], batch["expires_at"],
                                               batch["pinned_deployment"], batch["team_id"] or "",
                                               weights.get(batch["team_id"], 1.0), batch["create_api_key_id"]))
-            elif status == "finalizing":
+            elif status == BatchStatus.FINALIZING:
                 await self._complete(batch)
-            elif status == "cancelling":
+            elif status == BatchStatus.CANCELLING:
                 await self._cancel(batch)
         self._dispatcher.set_active(active)
         self._report_queue(active_rows)
@@ -176,7 +177,7 @@ class Lifecycle:
         queued = {model.name: 0 for model in self._settings.models}
         for batch in batches:
             model = batch["model_override"] or batch["model"]
-            if batch["status"] == "in_progress" and model in queued:
+            if batch["status"] == BatchStatus.IN_PROGRESS and model in queued:
                 queued[model] += max(0, batch["total"] - batch["completed"] - batch["failed"])
         for model, count in queued.items():
             metrics.REQUESTS_QUEUED.labels(model).set(count)
@@ -210,7 +211,7 @@ class Lifecycle:
     async def _validate_once(self, batch: Row) -> None:
         batch_id = batch["id"]
         current = await self._store.get_batch(batch_id)
-        if current is None or current["status"] != "validating":
+        if current is None or current["status"] != BatchStatus.VALIDATING:
             return  # the tick's snapshot was stale: validated (or cancelled) meanwhile
         now = time.time()
         if not await self._store.lease_batch(batch_id, self._owner, now, now + self._settings.engine.lease_s):
@@ -225,13 +226,13 @@ class Lifecycle:
 
         async def write_rows(rows: list[dict[str, Any]]) -> None:
             await self._store.insert_requests([
-                {**r, "batch_id": batch_id, "state": "pending", "attempts": 0, "next_attempt_at": 0.0}
+                {**r, "batch_id": batch_id, "state": RequestState.PENDING, "attempts": 0, "next_attempt_at": 0.0}
                 for r in rows
             ])
 
         async def cancelled() -> bool:
             current = await self._store.get_batch(batch_id)
-            return current is None or current["status"] != "validating"
+            return current is None or current["status"] != BatchStatus.VALIDATING
 
         # Reading through the recorded size and sha256 turns a truncated or garbled stored copy into
         # a failed batch, instead of a batch that quietly runs whatever lines are left.
@@ -263,32 +264,34 @@ class Lifecycle:
             first = report.errors[0]
             where = f"line {first['line']}: " if first.get("line") else ""
             moved = await self._store.transition(
-                batch["id"], ["validating"], "cancelled", errors=body, cancelled_at=now,
+                batch["id"], [BatchStatus.VALIDATING], BatchStatus.CANCELLED, errors=body, cancelled_at=now,
                 cancel_message=f"invalid input file: {where}{first['code']}: {first['message']}")
         else:
-            moved = await self._store.transition(batch["id"], ["validating"], "failed", errors=body, failed_at=now)
+            moved = await self._store.transition(batch["id"], [BatchStatus.VALIDATING], BatchStatus.FAILED, errors=body,
+                                                 failed_at=now)
         if moved:
             log.info("batch %s failed validation: %d errors, the first %s", batch["id"], report.error_count,
-                     report.errors[0]["code"], extra={"batch_id": batch["id"], "status": "failed"})
-            metrics.BATCHES_FINISHED.labels("failed").inc()
+                     report.errors[0]["code"], extra={"batch_id": batch["id"], "status": BatchStatus.FAILED})
+            metrics.BATCHES_FINISHED.labels(BatchStatus.FAILED).inc()
             self._done(batch["id"])
 
     # ------------------------------------------------------------------ ending a batch
     async def _complete(self, batch: Row) -> None:
         now = int(time.time())
-        if batch["status"] == "in_progress" and not await self._store.transition(
-                batch["id"], ["in_progress"], "finalizing", finalizing_at=now):
+        if batch["status"] == BatchStatus.IN_PROGRESS and not await self._store.transition(
+                batch["id"], [BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING, finalizing_at=now):
             return
-        await self._write_files_and_finish(batch, "finalizing", "completed", completed_at=now)
+        await self._write_files_and_finish(batch, BatchStatus.FINALIZING, BatchStatus.COMPLETED, completed_at=now)
 
     async def _cancel(self, batch: Row) -> None:
         if batch["id"] in self._validations:
             return  # the validation sees the cancel at its next chunk and stops; finish after it
         if batch["in_progress_at"] is None:  # cancelled before validation finished: nothing ran
             await self._store.delete_requests(batch["id"])
-            await self._finish_without_files(batch, "cancelling", "cancelled", cancelled_at=int(time.time()))
+            await self._finish_without_files(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED,
+                                            cancelled_at=int(time.time()))
             return
-        await self._stop_early(batch, "cancelling", "cancelled", "batch_cancelled",
+        await self._stop_early(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED, "batch_cancelled",
                                "the batch was cancelled before this request finished")
 
     def _unservable(self, batch: Row) -> str | None:
@@ -304,24 +307,27 @@ class Lifecycle:
     async def _stop_by_gateway(self, batch: Row, code: str, message: str) -> None:
         """The gateway ends a running batch (budget, config): finished results kept, the rest `code`."""
         # Leave in_progress first: from then on no add-call can slip a request in.
-        if await self._store.transition(batch["id"], ["in_progress"], "cancelling", cancelling_at=int(time.time())):
-            await self._stop_early(batch, "cancelling", "cancelled", code, message)
+        if await self._store.transition(batch["id"], [BatchStatus.IN_PROGRESS], BatchStatus.CANCELLING,
+                                        cancelling_at=int(time.time())):
+            await self._stop_early(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED, code, message)
 
-    async def _stop_early(self, batch: Row, from_status: str, to_status: str, code: str, message: str) -> None:
+    async def _stop_early(self, batch: Row, from_status: BatchStatus, to_status: BatchStatus, code: str,
+                          message: str) -> None:
         """Expiry and cancellation: keep every finished result, end the rest with `code`."""
         self._dispatcher.cancel_batch(batch["id"])
         await self._writer.flush()  # results that arrived before the cut still count as answers
-        await self._store.terminate_unfinished(batch["id"], ["pending", "running"], code, message, time.time())
+        await self._store.terminate_unfinished(batch["id"], UNFINISHED, code, message, time.time())
         fresh = await self._store.get_batch(batch["id"])
         if fresh is None or fresh["status"] != from_status:
             return
-        stamp = {"expired": "expired_at", "cancelled": "cancelled_at"}[to_status]
+        stamp = {BatchStatus.EXPIRED: "expired_at", BatchStatus.CANCELLED: "cancelled_at"}[to_status]
         extra: dict[str, Any] = {stamp: int(time.time())}
         if code in ("budget_exceeded", "model_not_found"):  # the gateway's decision: say why on the batch
             extra["cancel_message"] = message
         await self._write_files_and_finish(fresh, from_status, to_status, **extra)
 
-    async def _write_files_and_finish(self, batch: Row, from_status: str, to_status: str, **stamps: Any) -> None:
+    async def _write_files_and_finish(self, batch: Row, from_status: BatchStatus, to_status: BatchStatus,
+                                      **stamps: Any) -> None:
         now = int(time.time())
         fresh = await self._store.get_batch(batch["id"])
         if fresh is None or fresh["status"] != from_status:
@@ -356,7 +362,8 @@ class Lifecycle:
                 self._warn(f"segment:{key}", "cannot delete segment %s of batch %s: %s", key, batch["id"], exc)
         self._done(batch["id"])
 
-    async def _finish_without_files(self, batch: Row, from_status: str, to_status: str, **stamps: int) -> None:
+    async def _finish_without_files(self, batch: Row, from_status: BatchStatus, to_status: BatchStatus,
+                                    **stamps: int) -> None:
         if await self._store.finish_batch(batch["id"], [from_status], to_status, [], **stamps):
             metrics.BATCHES_FINISHED.labels(to_status).inc()
             self._done(batch["id"])

@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from batchgate.domain.status import RequestOutcome
+
 # ---------------------------------------------------------------- the API
 HTTP_REQUESTS = Counter("batchgate_http_requests_total", "API requests by dialect, route template and HTTP status",
                         ["dialect", "route", "status"])
@@ -41,8 +43,8 @@ TOKENS = Counter("batchgate_tokens_total", "Tokens the upstreams reported for su
 COST_USD = Counter("batchgate_cost_usd_total", "Spend of succeeded requests at the model's configured price",
                    ["model"])
 
-FINISHED_OK = REQUESTS_FINISHED.labels("succeeded")  # bound once: `labels()` costs more than the increment
-FINISHED_FAILED = REQUESTS_FINISHED.labels("failed")
+FINISHED_OK = REQUESTS_FINISHED.labels(RequestOutcome.SUCCEEDED)  # bound once: `labels()` costs more than the increment
+FINISHED_FAILED = REQUESTS_FINISHED.labels(RequestOutcome.FAILED)
 
 
 class DeploymentSeries:

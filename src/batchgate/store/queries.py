@@ -15,6 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from batchgate.domain.status import ACTIVE, BatchStatus, RequestState
 from batchgate.store.outage import OutageLog
 from batchgate.store.tables import (
     api_keys,
@@ -34,8 +35,6 @@ RESULT_PAGE_ROWS = 1000
 RESULT_PAGE_BYTES = 8 * 1024 * 1024  # answer bytes read at once when streaming results out
 RESULTS_LOCK_KEY = 0x62617463  # "batc": the advisory lock serialising result writes on PostgreSQL
 CAPACITY_LOCK_KEY = 0x63617061  # "capa": serialises the workers' capacity lease renewals
-ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
-TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 
 
 @dataclass(slots=True)
@@ -229,7 +228,7 @@ class Store:
         if quota.max_open_batches is not None:
             owner = batches.c.team_id.is_(None) if quota.team_id is None else batches.c.team_id == quota.team_id
             open_batches = (await conn.execute(select(func.count()).where(
-                owner, batches.c.status == "in_progress", batches.c.sealed.is_(False)))).scalar_one()
+                owner, batches.c.status == BatchStatus.IN_PROGRESS, batches.c.sealed.is_(False)))).scalar_one()
             if open_batches >= quota.max_open_batches:
                 raise TooManyOpenBatches(open_batches, quota.max_open_batches)
 
@@ -288,7 +287,7 @@ class Store:
 
     async def expired_file_ids(self, now: int, limit: int = 500) -> list[str]:
         """Expired files no unfinished batch still reads."""
-        in_use = select(batches.c.input_file_id).where(batches.c.status.in_(ACTIVE_STATUSES),
+        in_use = select(batches.c.input_file_id).where(batches.c.status.in_(ACTIVE),
                                                        batches.c.input_file_id.is_not(None))
         query = select(files.c.id).where(files.c.expires_at <= now, files.c.id.not_in(in_use)).limit(limit)
         async with self.engine.connect() as conn:
@@ -320,7 +319,7 @@ class Store:
             return list((await conn.execute(query)).mappings())
 
     async def input_files_in_use(self) -> set[str]:
-        query = select(batches.c.input_file_id).where(batches.c.status.in_(ACTIVE_STATUSES)).distinct()
+        query = select(batches.c.input_file_id).where(batches.c.status.in_(ACTIVE)).distinct()
         async with self.engine.connect() as conn:
             return set((await conn.execute(query)).scalars())
 
@@ -336,8 +335,8 @@ class Store:
             return (await conn.execute(statement)).rowcount == 1
 
     async def start_batch(self, batch_id: str, *, model: str, total: int, now: int) -> bool:
-        return await self.transition(batch_id, ["validating"], "in_progress", model=model, total=total,
-                                     in_progress_at=now)
+        return await self.transition(batch_id, [BatchStatus.VALIDATING], BatchStatus.IN_PROGRESS, model=model,
+                                     total=total, in_progress_at=now)
 
     async def finish_batch(self, batch_id: str, from_statuses: Sequence[str], to_status: str,
                            new_files: list[dict[str, Any]], **values: Any) -> bool:
@@ -387,7 +386,7 @@ class Store:
         """Take a validating batch for this worker, unless another holds a live lease on it."""
         statement = (
             update(batches)
-            .where(batches.c.id == batch_id, batches.c.status == "validating",
+            .where(batches.c.id == batch_id, batches.c.status == BatchStatus.VALIDATING,
                    or_(batches.c.lease_owner.is_(None), batches.c.lease_owner == owner, batches.c.lease_until < now))
             .values(lease_owner=owner, lease_until=lease_until)
         )
@@ -402,34 +401,36 @@ class Store:
                 await conn.execute(
                     update(requests)
                     .where(requests.c.batch_id == batch_id, requests.c.line_no.in_(chunk),
-                           requests.c.state == "running")
-                    .values(state="pending", lease_owner=None, lease_until=None, next_attempt_at=retry_at)
+                           requests.c.state == RequestState.RUNNING)
+                    .values(state=RequestState.PENDING, lease_owner=None, lease_until=None, next_attempt_at=retry_at)
                 )
 
     async def extend_leases(self, owner: str, lease_until: float) -> None:
         """Heartbeat: this worker still holds its running rows and the batches it validates."""
         async with self.engine.begin() as conn:
-            await conn.execute(update(requests).where(requests.c.state == "running", requests.c.lease_owner == owner)
+            await conn.execute(update(requests)
+                               .where(requests.c.state == RequestState.RUNNING, requests.c.lease_owner == owner)
                                .values(lease_until=lease_until))
-            await conn.execute(update(batches).where(batches.c.status == "validating", batches.c.lease_owner == owner)
+            await conn.execute(update(batches)
+                               .where(batches.c.status == BatchStatus.VALIDATING, batches.c.lease_owner == owner)
                                .values(lease_until=lease_until))
 
     async def release_expired_leases(self, now: float) -> int:
         """Hand rows whose worker vanished back to the queue."""
         statement = (
             update(requests)
-            .where(requests.c.state == "running", requests.c.lease_until < now)
-            .values(state="pending", lease_owner=None, lease_until=None)
+            .where(requests.c.state == RequestState.RUNNING, requests.c.lease_until < now)
+            .values(state=RequestState.PENDING, lease_owner=None, lease_until=None)
         )
         async with self.engine.begin() as conn:
             return (await conn.execute(statement)).rowcount
 
     async def release_all_leases(self, owner: str | None = None) -> int:
         """Return running rows to the queue (all of them, or one worker's on a clean shutdown)."""
-        statement = update(requests).where(requests.c.state == "running")
+        statement = update(requests).where(requests.c.state == RequestState.RUNNING)
         if owner is not None:
             statement = statement.where(requests.c.lease_owner == owner)
-        statement = statement.values(state="pending", lease_owner=None, lease_until=None)
+        statement = statement.values(state=RequestState.PENDING, lease_owner=None, lease_until=None)
         free_batches = update(batches).where(batches.c.lease_owner.is_not(None))
         if owner is not None:
             free_batches = free_batches.where(batches.c.lease_owner == owner)
@@ -533,7 +534,7 @@ class Store:
                 count += len((await conn.execute(statement)).all())
             await conn.execute(
                 update(requests).where(requests.c.batch_id == batch_id, requests.c.state.in_(states))
-                .values(state="done", lease_owner=None, lease_until=None)
+                .values(state=RequestState.DONE, lease_owner=None, lease_until=None)
             )
             if count:
                 cancelled = count if error_code == "batch_cancelled" else 0
@@ -643,8 +644,9 @@ class Store:
                            batches.c.expires_at).where(
                 batches.c.id == batch_id)
             batch = (await conn.execute(query.with_for_update() if lock else query)).first()
-            if batch is None or batch.sealed or batch.status != "in_progress" or batch.expires_at <= time.time():
-                status = "expired" if batch is not None and batch.status == "in_progress" else None
+            running = batch is not None and batch.status == BatchStatus.IN_PROGRESS
+            if batch is None or batch.sealed or not running or batch.expires_at <= time.time():
+                status = BatchStatus.EXPIRED if running else None
                 raise BatchClosed(status or (batch.status if batch else "missing"), bool(batch and batch.sealed))
             if batch.model is not None and batch.model != model:
                 raise MismatchedModel(batch.model)
@@ -668,11 +670,11 @@ class Store:
 async def _queued_requests(conn: Any, team_id: str) -> int:
     """Requests of a team's unfinished batches that have no result yet (plus files still validating)."""
     query = select(func.coalesce(func.sum(batches.c.total - batches.c.completed - batches.c.failed), 0)).where(
-        batches.c.team_id == team_id, batches.c.status.in_(ACTIVE_STATUSES))
+        batches.c.team_id == team_id, batches.c.status.in_(ACTIVE))
     validating = (
         select(func.coalesce(func.sum(files.c.lines), 0))
         .select_from(batches.join(files, files.c.id == batches.c.input_file_id))
-        .where(batches.c.team_id == team_id, batches.c.status == "validating")
+        .where(batches.c.team_id == team_id, batches.c.status == BatchStatus.VALIDATING)
     )
     return int((await conn.execute(query)).scalar_one()) + int((await conn.execute(validating)).scalar_one())
 
@@ -716,7 +718,7 @@ def _result_row(f: FinishedRequest) -> dict[str, Any]:
 _COUNTERS = ("completed", "failed", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 _MARK_DONE = (update(requests)
               .where(requests.c.batch_id == bindparam("b_id"), requests.c.line_no == bindparam("b_line"))
-              .values(state="done", lease_owner=None, lease_until=None))
+              .values(state=RequestState.DONE, lease_owner=None, lease_until=None))
 _BUMP_COUNTERS = (update(batches).where(batches.c.id == bindparam("b_id"))
                   .values({getattr(batches.c, k): getattr(batches.c, k) + bindparam(f"d_{k}") for k in _COUNTERS}))
 

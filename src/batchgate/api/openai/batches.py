@@ -17,10 +17,9 @@ from batchgate.api.responses import JSON
 from batchgate.domain.budgets import over_budget
 from batchgate.domain.errors import Conflict, InvalidRequest, NotFound
 from batchgate.domain.params import new_batch_row, parse_batch_params, parse_metadata
+from batchgate.domain.status import CANCELLABLE, TERMINAL, BatchStatus
 from batchgate.gateway import Gateway
-from batchgate.store.queries import TERMINAL_STATUSES, QueueFull, Quota, Row, TooManyOpenBatches
-
-CANCELLABLE = ("validating", "in_progress")
+from batchgate.store.queries import QueueFull, Quota, Row, TooManyOpenBatches
 
 
 async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *,
@@ -121,11 +120,12 @@ async def retrieve_batch(request: Request) -> JSON:
 
 async def request_cancel(gateway: Gateway, row: Row) -> Row:
     """Move a batch to `cancelling` (the engine finishes the job); 409 once it has ended."""
-    if row["status"] in TERMINAL_STATUSES or row["status"] == "finalizing":
+    if row["status"] in TERMINAL or row["status"] == BatchStatus.FINALIZING:
         raise Conflict(f"batch {row['id']} is {row['status']} and can no longer be cancelled", param="batch_id",
                        code="batch_not_cancellable")
     if row["status"] in CANCELLABLE:
-        moved = await gateway.store.transition(row["id"], CANCELLABLE, "cancelling", cancelling_at=int(time.time()))
+        moved = await gateway.store.transition(row["id"], CANCELLABLE, BatchStatus.CANCELLING,
+                                               cancelling_at=int(time.time()))
         if not moved:  # it finished meanwhile
             raise Conflict(f"batch {row['id']} can no longer be cancelled", param="batch_id",
                            code="batch_not_cancellable")

@@ -11,10 +11,11 @@ import { every } from "../live.js";
 export const name = "batches";
 export const title = "Batch";
 
-const FINAL = ["completed", "failed", "expired", "cancelled"];
 const PAGE = 50;
 
-export async function render(main, { id }) {
+export async function render(main, { id }, ctx) {
+  const statuses = ctx.session.statuses;  // the server's names: domain/status.py
+  const FINAL = statuses.terminal;
   const base = `/ui/api/batches/${encodeURIComponent(id)}`;
   let detail;
   try {
@@ -37,11 +38,11 @@ export async function render(main, { id }) {
   replace(main, h("p", {}, h("a", { href: "/ui/", "data-link": true }, "← Batches")), head, summary, cards, errors,
     requests, viewer);
 
-  const table = requestTable(base, requests, viewer);
+  const table = requestTable(base, requests, viewer, statuses);
   const drawDetail = (d) => {
     detail = d;
     const b = d.batch;
-    const cancellable = ["validating", "in_progress"].includes(b.status);
+    const cancellable = statuses.cancellable.includes(b.status);
     replace(head,
       h("h1", {}, h("span.mono", {}, b.id), " ", statusBadge(b.status)),
       h("div.actions", {},
@@ -120,13 +121,13 @@ function validationCard(errors) {
 }
 
 /** The requests table: pages by line number, filter by state, and a look-up by custom_id. */
-function requestTable(base, section, viewer) {
+function requestTable(base, section, viewer, statuses) {
   const cursors = [];  // `after` line of each page so far
   let state = "";
   const body = h("div.table-wrap");
   const pager = h("nav.pager", { "aria-label": "Request pages" });
   const stateSelect = h("select", { id: "req-state", onchange: () => { state = stateSelect.value; cursors.length = 0; self.draw(); } },
-    [["", "Any"], ["pending", "Pending"], ["running", "Running"], ["done", "Finished"]].map(([v, l]) => h("option", { value: v }, l)));
+    [["", "Any"], ...statuses.request].map(([v, l]) => h("option", { value: v }, l)));
   const lookup = h("input", { id: "lookup", name: "custom_id", placeholder: "custom_id" });
   const self = {
     settled: false,
@@ -134,7 +135,7 @@ function requestTable(base, section, viewer) {
       const url = `${base}/requests${query({ after: cursors[cursors.length - 1] || 0, limit: PAGE, state })}`;
       let page;
       try { page = await api(url, { poll: true }); } catch (err) { replace(body, errorBox(err)); return; }
-      self.settled = page.data.every((r) => r.state === "succeeded" || r.state === "failed");
+      self.settled = page.data.every((r) => statuses.request_finished.includes(r.state));
       replace(body, page.data.length ? h("table.list.requests", {},
         h("thead", {}, h("tr", {}, ["Line", "custom_id", "State", "Attempts", "HTTP", "Error", "Finished", ""].map((c) => h("th", { scope: "col" }, c)))),
         h("tbody", {}, page.data.map((r) => h("tr", { dataset: { customId: r.custom_id } },

@@ -7,7 +7,6 @@ import { every } from "../live.js";
 export const name = "batches";
 export const title = "Batches";
 
-const STATUSES = ["validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"];
 const FILTERS = ["status", "model", "team", "metadata"];
 
 function select(id, label, options, value) {
@@ -33,7 +32,7 @@ export async function render(main, _params, ctx) {
       ctx.navigate(`/ui/${query(next)}`);
     },
   },
-  h("div.field", {}, select("status", "Status", STATUSES, filters.status)),
+  h("div.field", {}, select("status", "Status", ctx.session.statuses.batch, filters.status)),
   h("div.field", {}, select("model", "Model", ctx.session.models, filters.model)),
   admin ? h("div.field", {}, select("team", "Team", teams, filters.team)) : null,
   h("div.field", {}, h("label", { for: "metadata" }, "Metadata"),
