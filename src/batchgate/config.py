@@ -169,6 +169,9 @@ class EngineConfig(_Strict):
     # and how long a share outlives a worker that stopped renewing it.
     capacity_interval_s: float = Field(default=0.5, gt=0)
     capacity_lease_s: float = Field(default=10.0, gt=0)
+    # How long stopping the engine may take (storing buffered results, handing rows back) before the
+    # process exits anyway: what was not stored runs again once its lease expires.
+    stop_timeout_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _lease_outlives_renewals(self) -> EngineConfig:

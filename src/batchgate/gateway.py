@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +16,8 @@ from batchgate.engine.core import Engine
 from batchgate.store.database import create_engine, is_sqlite
 from batchgate.store.migrate import upgrade_to_head
 from batchgate.store.queries import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +81,17 @@ async def open_gateway(settings: Settings, *, run_engine: bool = True,
             yield gateway
         finally:
             if engine is not None:
-                await engine.stop()
+                await _stop_within(engine, settings.engine.stop_timeout_s)
     finally:
         await store.close()
+
+
+async def _stop_within(engine: Engine, timeout_s: float) -> None:
+    """Stop the engine, but never hang the exit on it (results that cannot be stored while the database
+    is away would hold it forever): what was not stored runs again once its lease expires."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await engine.stop()
+    except TimeoutError:
+        log.error("the engine did not stop within %gs (engine.stop_timeout_s); exiting anyway: requests it "
+                  "still held run again when their leases expire", timeout_s)

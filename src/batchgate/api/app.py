@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl
 
@@ -103,12 +104,23 @@ def openai_routes() -> list:
     return [*files.routes(), *batches.routes(), *truefoundry.routes(), *ops.model_routes()]
 
 
-def create_app(settings: Settings, *, run_engine: bool = True) -> Starlette:
+async def _report_failure(failed: asyncio.Future[str], on_engine_failure: Callable[[str], None]) -> None:
+    on_engine_failure(await failed)
+
+
+def create_app(settings: Settings, *, run_engine: bool = True,
+               on_engine_failure: Callable[[str], None] | None = None) -> Starlette:
+    """The ASGI app; `on_engine_failure(reason)` is called if an engine loop dies (serve stops the server)."""
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_gateway(settings, run_engine=run_engine) as gateway:
             app.state.gateway = gateway
+            watch = None
+            if gateway.engine is not None and gateway.engine.failed is not None and on_engine_failure is not None:
+                watch = asyncio.create_task(_report_failure(gateway.engine.failed, on_engine_failure))
             yield
+            if watch is not None:
+                watch.cancel()
 
     return Starlette(
         routes=[

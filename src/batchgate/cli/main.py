@@ -91,12 +91,23 @@ def serve(config: ConfigOption = None,
     _logging(log_format)
     from batchgate.api.http_protocol import limited_protocol
 
-    config = uvicorn.Config(create_app(settings, run_engine=not no_engine), host=bind_host,
+    failures: list[str] = []
+
+    def stop_server(reason: str) -> None:  # an engine loop died: stop serving, exit non-zero (see engine/core.py)
+        failures.append(reason)
+        server.should_exit = True
+
+    asgi = create_app(settings, run_engine=not no_engine, on_engine_failure=stop_server)
+    config = uvicorn.Config(asgi, host=bind_host,
                             port=port or settings.server.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=10, http=limited_protocol(settings.limits),
                             **proxy_options(settings),
                             log_config=None)  # uvicorn's own records go through our handler (and format)
-    _drained_server_class()(config).run()
+    server = _drained_server_class()(config)
+    server.run()
+    if failures:
+        typer.secho(f"error: {failures[0]}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:
@@ -124,20 +135,28 @@ def worker(config: ConfigOption = None,
 
         start_http_server(metrics_port, metrics_host)  # a daemon thread; the engine's metrics, nothing else
 
-    async def main() -> None:
+    async def main() -> str | None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         import signal
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with open_gateway(settings, run_engine=True):
+        async with open_gateway(settings, run_engine=True) as gateway:
             logging.getLogger("batchgate").info("worker running; SIGTERM stops it")
-            await stop.wait()
+            assert gateway.engine is not None and gateway.engine.failed is not None
+            failed = gateway.engine.failed
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            return failed.result() if failed.done() else None
 
     from batchgate.engine.aio import run_fast
 
-    run_fast(main())
+    failure = run_fast(main())
+    if failure is not None:  # an engine loop died (see engine/core.py): exit non-zero so it is restarted
+        typer.secho(f"error: {failure}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,4 +1,11 @@
-"""The engine as one object: a dispatcher, a result writer and the lifecycle loop, started together."""
+"""The engine as one object: a dispatcher, a result writer and the lifecycle loop, started together.
+
+Each loop catches what goes wrong inside one round (a database outage, a bad row), so a loop that
+ends anyway is a bug the engine cannot recover from: a process whose writer died would answer the
+API and never store another result. So the engine watches its loops, and when one ends while the
+engine is not stopping it logs why and resolves `failed`; the process then exits non-zero (`serve`
+and `worker` do this) so systemd or Kubernetes restarts it, and leases hand its work to the next one.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +57,8 @@ class Engine:
             self.dispatcher.on_new_work = self.capacity.wake
         self._capacity_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.failed: asyncio.Future[str] | None = None  # resolves with the reason when a loop dies
 
     def _on_flushed(self) -> None:
         self.lifecycle.wake()  # counters moved: a batch may be ready to finalise
@@ -69,15 +78,30 @@ class Engine:
             if released:
                 log.warning("re-queued %d requests that were in flight when the last run stopped", released)
             await self._sweep_orphan_blobs()
-        self.writer.start()
+        self.failed = asyncio.get_running_loop().create_future()
+        self._supervise(self.writer.start())
         self._tasks = [
-            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
-            asyncio.create_task(self.lifecycle.run(), name="lifecycle"),
+            self._supervise(asyncio.create_task(self.dispatcher.run(), name="dispatcher")),
+            self._supervise(asyncio.create_task(self.lifecycle.run(), name="lifecycle")),
         ]
         if self.capacity is not None:
-            self._capacity_task = asyncio.create_task(self.capacity.run(), name="capacity")
+            self._capacity_task = self._supervise(asyncio.create_task(self.capacity.run(), name="capacity"))
             self._tasks.append(self._capacity_task)
-            self._tasks.append(asyncio.create_task(self._publish_activity_loop(), name="activity"))
+            self._tasks.append(self._supervise(asyncio.create_task(self._publish_activity_loop(), name="activity")))
+
+    def _supervise(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        task.add_done_callback(self._loop_ended)
+        return task
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopping or task.cancelled():
+            return
+        exc = task.exception()
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "it returned"
+        log.critical("engine loop %r stopped (%s); the engine cannot go on without it, so the process stops",
+                     task.get_name(), why, exc_info=exc)
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(f"engine loop {task.get_name()!r} stopped: {why}")
 
     async def _publish_activity_loop(self) -> None:
         """Scale-out: every few seconds, this engine's last two minutes per deployment go to the
@@ -111,6 +135,7 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop claiming, abandon in-flight calls, store what finished and hand the rest back."""
+        self._stopping = True
         await self.lifecycle.stop()
         await self.dispatcher.stop()
         if self.capacity is not None and self._capacity_task is not None:

@@ -76,8 +76,9 @@ class ResultWriter:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="result-writer")
+        return self._task
 
     async def _run(self) -> None:
         while not self._stopping:
