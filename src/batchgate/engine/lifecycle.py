@@ -1,7 +1,8 @@
-"""Every batch status change the engine makes: validate, start, expire, cancel, finalise.
+"""What one tick of the engine decides for every active batch: validate it, hand it to the
+dispatcher, expire it, stop it (budget, config), cancel it, finalise it.
 
-Each step is a conditional update (`WHERE status IN …`), so a step repeated after a crash, or
-raced by another worker, happens once. Grep `transition(` and `finish_batch(` to find them all.
+The status changes themselves are engine/transitions.py, one named function each; this module
+does the work around them (stopping the dispatcher, storing what finished, writing the files).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -17,7 +19,9 @@ import orjson
 from batchgate.blobs import BlobMismatch, BlobStore, VerifyingBlobStore
 from batchgate.config import Settings
 from batchgate.domain.budgets import over_budget
+from batchgate.domain.dialects import rules_for
 from batchgate.domain.status import ACTIVE, UNFINISHED, BatchStatus, RequestState
+from batchgate.engine import transitions
 from batchgate.engine.aio import wait_for_event
 from batchgate.engine.deployments import deployment_names
 from batchgate.engine.dispatcher import ActiveBatch, Dispatcher
@@ -28,6 +32,7 @@ from batchgate.observability import metrics, tracing
 from batchgate.store.queries import Row, Store
 
 log = logging.getLogger(__name__)
+Finish = Callable[[Store, Row, transitions.Files], Awaitable[bool]]  # one of the transitions that end a batch
 
 MAX_PARALLEL_VALIDATIONS = 2
 HOUSEKEEPING_EVERY_S = 10.0
@@ -148,7 +153,8 @@ class Lifecycle:
                 self._start_validation(batch)
             elif status == BatchStatus.IN_PROGRESS:
                 if now >= batch["expires_at"]:
-                    await self._stop_early(batch, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED, "batch_expired",
+                    await self._stop_early(batch, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED, transitions.expire,
+                                           "batch_expired",
                                            "the batch's completion window ended before this request ran")
                 elif batch["sealed"] and batch["completed"] + batch["failed"] >= batch["total"]:
                     await self._complete(batch)  # an open (xAI) batch runs until cancelled or expired
@@ -252,47 +258,35 @@ class Lifecycle:
             await self._fail(batch, report)
             return
         assert report.model is not None
-        if await self._store.start_batch(batch_id, model=report.model, total=report.total, now=int(time.time())):
+        if await transitions.start(self._store, batch_id, model=report.model, total=report.total):
             log.info("batch %s validated: %d requests for %s", batch_id, report.total, report.model,
                      extra={"batch_id": batch_id, "model": report.model})
 
     async def _fail(self, batch: Row, report: ValidationReport) -> None:
-        """A bad input file: OpenAI's view says `failed`; xAI cancels the batch and says why."""
-        body = orjson.dumps(report.as_errors_object()).decode()
-        now = int(time.time())
-        if batch["dialect"] == "xai":
-            first = report.errors[0]
-            where = f"line {first['line']}: " if first.get("line") else ""
-            moved = await self._store.transition(
-                batch["id"], [BatchStatus.VALIDATING], BatchStatus.CANCELLED, errors=body, cancelled_at=now,
-                cancel_message=f"invalid input file: {where}{first['code']}: {first['message']}")
-        else:
-            moved = await self._store.transition(batch["id"], [BatchStatus.VALIDATING], BatchStatus.FAILED, errors=body,
-                                                 failed_at=now)
-        if moved:
-            log.info("batch %s failed validation: %d errors, the first %s", batch["id"], report.error_count,
-                     report.errors[0]["code"], extra={"batch_id": batch["id"], "status": BatchStatus.FAILED})
-            metrics.BATCHES_FINISHED.labels(BatchStatus.FAILED).inc()
+        """A bad input file: the batch fails (or, where the dialect says so, is cancelled saying why)."""
+        first = report.errors[0]
+        where = f"line {first['line']}: " if first.get("line") else ""
+        why = f"{where}{first['code']}: {first['message']} ({report.error_count} errors)"
+        if await transitions.fail_validation(self._store, batch, rules_for(batch["dialect"]),
+                                             orjson.dumps(report.as_errors_object()).decode(), why):
             self._done(batch["id"])
 
     # ------------------------------------------------------------------ ending a batch
     async def _complete(self, batch: Row) -> None:
-        now = int(time.time())
-        if batch["status"] == BatchStatus.IN_PROGRESS and not await self._store.transition(
-                batch["id"], [BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING, finalizing_at=now):
+        if batch["status"] == BatchStatus.IN_PROGRESS and not await transitions.finalise(self._store, batch["id"]):
             return
-        await self._write_files_and_finish(batch, BatchStatus.FINALIZING, BatchStatus.COMPLETED, completed_at=now)
+        await self._write_files_and_finish(batch, BatchStatus.FINALIZING, BatchStatus.COMPLETED, transitions.complete)
 
     async def _cancel(self, batch: Row) -> None:
         if batch["id"] in self._validations:
             return  # the validation sees the cancel at its next chunk and stops; finish after it
         if batch["in_progress_at"] is None:  # cancelled before validation finished: nothing ran
             await self._store.delete_requests(batch["id"])
-            await self._finish_without_files(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED,
-                                            cancelled_at=int(time.time()))
+            if await transitions.finish_cancel(self._store, batch, {}):
+                self._done(batch["id"])
             return
-        await self._stop_early(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED, "batch_cancelled",
-                               "the batch was cancelled before this request finished")
+        await self._stop_early(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED, transitions.finish_cancel,
+                               "batch_cancelled", "the batch was cancelled before this request finished")
 
     def _unservable(self, batch: Row) -> str | None:
         """Why the current config can no longer run this batch (it was created under another one)."""
@@ -305,29 +299,24 @@ class Lifecycle:
         return None
 
     async def _stop_by_gateway(self, batch: Row, code: str, message: str) -> None:
-        """The gateway ends a running batch (budget, config): finished results kept, the rest `code`."""
+        """The gateway ends a running batch (budget, config): finished results kept, the rest `code`,
+        and the batch says why."""
         # Leave in_progress first: from then on no add-call can slip a request in.
-        if await self._store.transition(batch["id"], [BatchStatus.IN_PROGRESS], BatchStatus.CANCELLING,
-                                        cancelling_at=int(time.time())):
-            await self._stop_early(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED, code, message)
+        if await transitions.request_cancel(self._store, batch["id"], (BatchStatus.IN_PROGRESS,)):
+            await self._stop_early(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED,
+                                   partial(transitions.finish_cancel, message=message), code, message)
 
-    async def _stop_early(self, batch: Row, from_status: BatchStatus, to_status: BatchStatus, code: str,
-                          message: str) -> None:
+    async def _stop_early(self, batch: Row, from_status: BatchStatus, to_status: BatchStatus, finish: Finish,
+                          code: str, message: str) -> None:
         """Expiry and cancellation: keep every finished result, end the rest with `code`."""
         self._dispatcher.cancel_batch(batch["id"])
         await self._writer.flush()  # results that arrived before the cut still count as answers
         await self._store.terminate_unfinished(batch["id"], UNFINISHED, code, message, time.time())
-        fresh = await self._store.get_batch(batch["id"])
-        if fresh is None or fresh["status"] != from_status:
-            return
-        stamp = {BatchStatus.EXPIRED: "expired_at", BatchStatus.CANCELLED: "cancelled_at"}[to_status]
-        extra: dict[str, Any] = {stamp: int(time.time())}
-        if code in ("budget_exceeded", "model_not_found"):  # the gateway's decision: say why on the batch
-            extra["cancel_message"] = message
-        await self._write_files_and_finish(fresh, from_status, to_status, **extra)
+        await self._write_files_and_finish(batch, from_status, to_status, finish)
 
     async def _write_files_and_finish(self, batch: Row, from_status: BatchStatus, to_status: BatchStatus,
-                                      **stamps: Any) -> None:
+                                      finish: Finish) -> None:
+        """Write the result files, then `finish` (the transition to `to_status` that records them)."""
         now = int(time.time())
         fresh = await self._store.get_batch(batch["id"])
         if fresh is None or fresh["status"] != from_status:
@@ -340,19 +329,10 @@ class Lifecycle:
             self._warn(f"finalize:{batch['id']}", "cannot write the result files of batch %s (%s); "
                        "it stays %s and finalisation is retried", batch["id"], exc, from_status)
             return
-        output, error = new_files.get("output"), new_files.get("error")
-        finished = await self._store.finish_batch(
-            batch["id"], [from_status], to_status, list(new_files.values()),
-            output_file_id=output["id"] if output else None, error_file_id=error["id"] if error else None,
-            **stamps,
-        )
-        if not finished:  # someone else finished it first: our copies are surplus
+        if not await finish(self._store, fresh, new_files):  # someone else finished it first: surplus copies
             for row in new_files.values():
                 await self._blobs.delete(row["id"])
             return
-        metrics.BATCHES_FINISHED.labels(to_status).inc()
-        log.info("batch %s %s: %d completed, %d failed", batch["id"], to_status, fresh["completed"], fresh["failed"],
-                 extra={"batch_id": batch["id"], "status": to_status})
         self._warned_at.pop(f"finalize:{batch['id']}", None)
         # Requests added to an open batch lived in segment blobs; the result files now hold their outcome.
         for key in await self._store.segment_keys(batch["id"]):
@@ -361,12 +341,6 @@ class Lifecycle:
             except OSError as exc:  # the batch is finished either way; a start-up sweep removes orphans
                 self._warn(f"segment:{key}", "cannot delete segment %s of batch %s: %s", key, batch["id"], exc)
         self._done(batch["id"])
-
-    async def _finish_without_files(self, batch: Row, from_status: BatchStatus, to_status: BatchStatus,
-                                    **stamps: int) -> None:
-        if await self._store.finish_batch(batch["id"], [from_status], to_status, [], **stamps):
-            metrics.BATCHES_FINISHED.labels(to_status).inc()
-            self._done(batch["id"])
 
     def _done(self, batch_id: str) -> None:
         if self._on_batch_done:

@@ -325,7 +325,8 @@ class Store:
 
     async def transition(self, batch_id: str, from_statuses: Sequence[str], to_status: str,
                          **values: Any) -> bool:
-        """Move a batch between statuses atomically; False if it was no longer in `from_statuses`."""
+        """Move a batch between statuses atomically; False if it was no longer in `from_statuses`.
+        Called only by engine/transitions.py, which names every change."""
         statement = (
             update(batches)
             .where(batches.c.id == batch_id, batches.c.status.in_(from_statuses))
@@ -333,10 +334,6 @@ class Store:
         )
         async with self.engine.begin() as conn:
             return (await conn.execute(statement)).rowcount == 1
-
-    async def start_batch(self, batch_id: str, *, model: str, total: int, now: int) -> bool:
-        return await self.transition(batch_id, [BatchStatus.VALIDATING], BatchStatus.IN_PROGRESS, model=model,
-                                     total=total, in_progress_at=now)
 
     async def finish_batch(self, batch_id: str, from_statuses: Sequence[str], to_status: str,
                            new_files: list[dict[str, Any]], **values: Any) -> bool:
@@ -370,10 +367,11 @@ class Store:
         """Lease up to `limit` ready rows of one batch, in line order."""
         lock = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
         statement = text(
-            "UPDATE requests SET state = 'running', lease_owner = :owner, lease_until = :lease_until,"
+            # The states as constants in the text, not parameters: the planner sees them (and may use an index).
+            f"UPDATE requests SET state = '{RequestState.RUNNING}', lease_owner = :owner, lease_until = :lease_until,"
             " attempts = attempts + 1"
             " WHERE batch_id = :batch_id AND line_no IN ("
-            "  SELECT line_no FROM requests WHERE batch_id = :batch_id AND state = 'pending'"
+            f"  SELECT line_no FROM requests WHERE batch_id = :batch_id AND state = '{RequestState.PENDING}'"
             f"  AND next_attempt_at <= :now ORDER BY line_no LIMIT :limit{lock})"
             " RETURNING line_no, custom_id, \"offset\", length, attempts, blob_key"
         )

@@ -97,7 +97,7 @@ requests = Table(
     Column("custom_id", Text, nullable=False),
     Column("offset", BigInteger, nullable=False),
     Column("length", Integer, nullable=False),
-    Column("state", String(8), nullable=False),  # pending | running | done
+    Column("state", String(8), nullable=False),  # a RequestState (domain/status.py)
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False, default=0),
     Column("lease_owner", String(64), nullable=True),

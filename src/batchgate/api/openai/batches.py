@@ -18,6 +18,7 @@ from batchgate.domain.budgets import over_budget
 from batchgate.domain.errors import Conflict, InvalidRequest, NotFound
 from batchgate.domain.params import new_batch_row, parse_batch_params, parse_metadata
 from batchgate.domain.status import CANCELLABLE, TERMINAL, BatchStatus
+from batchgate.engine import transitions
 from batchgate.gateway import Gateway
 from batchgate.store.queries import QueueFull, Quota, Row, TooManyOpenBatches
 
@@ -124,8 +125,7 @@ async def request_cancel(gateway: Gateway, row: Row) -> Row:
         raise Conflict(f"batch {row['id']} is {row['status']} and can no longer be cancelled", param="batch_id",
                        code="batch_not_cancellable")
     if row["status"] in CANCELLABLE:
-        moved = await gateway.store.transition(row["id"], CANCELLABLE, BatchStatus.CANCELLING,
-                                               cancelling_at=int(time.time()))
+        moved = await transitions.request_cancel(gateway.store, row["id"])
         if not moved:  # it finished meanwhile
             raise Conflict(f"batch {row['id']} can no longer be cancelled", param="batch_id",
                            code="batch_not_cancellable")
