@@ -34,10 +34,21 @@ FINAL = ("completed", "failed", "expired", "cancelled")
 def write_input(path: Path, prefix: str, lines: int) -> Path:
     with open(path, "w") as fh:
         for i in range(lines):
-            fh.write(json.dumps({
-                "custom_id": f"{prefix}-{i}", "method": "POST", "url": "/v1/chat/completions",
-                "body": {"model": "fake-model", "max_tokens": 16,
-                         "messages": [{"role": "user", "content": f"{prefix} row {i}"}]}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "custom_id": f"{prefix}-{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {
+                            "model": "fake-model",
+                            "max_tokens": 16,
+                            "messages": [{"role": "user", "content": f"{prefix} row {i}"}],
+                        },
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -56,8 +67,9 @@ class Team:
         return self.client.files.create(file=path.open("rb"), purpose="batch").id
 
     def create(self, file_id: str):
-        return self.client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                                          completion_window="24h")
+        return self.client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
 
     def retrieve(self, batch_id: str):
         return self.client.batches.retrieve(batch_id)
@@ -100,8 +112,12 @@ def b_beside_a(team_a: Team, batch_a: str, team_b: Team, file_b: str) -> dict:
     a_before, t_before = done(team_a, batch_a), time.perf_counter()
     validated_s, b_seconds = run_to_completion(team_b, file_b, 120)
     a_after = done(team_a, batch_a)
-    return {"b_s": b_seconds, "b_validated_s": validated_s, "a_done": a_after,
-            "a_rps": (a_after - a_before) / (time.perf_counter() - t_before)}
+    return {
+        "b_s": b_seconds,
+        "b_validated_s": validated_s,
+        "a_done": a_after,
+        "a_rps": (a_after - a_before) / (time.perf_counter() - t_before),
+    }
 
 
 def starvation(server: ServerProcess, tmp: Path, capacity_rps: float) -> dict:
@@ -143,8 +159,14 @@ def weights(server: ServerProcess, tmp: Path, samples: int, interval_s: float) -
         light.cancel(batch_l.id)
     (t0, h0, l0), (t1, h1, l1) = points[0], points[-1]
     steps = [(b[1] - a[1]) / max(1, (b[1] - a[1]) + (b[2] - a[2])) for a, b in zip(points, points[1:], strict=False)]
-    return {"window_s": t1 - t0, "heavy": h1 - h0, "light": l1 - l0, "samples": len(points),
-            "rps": (h1 - h0 + l1 - l0) / (t1 - t0), "steps": steps}
+    return {
+        "window_s": t1 - t0,
+        "heavy": h1 - h0,
+        "light": l1 - l0,
+        "samples": len(points),
+        "rps": (h1 - h0 + l1 - l0) / (t1 - t0),
+        "steps": steps,
+    }
 
 
 def main() -> None:
@@ -158,9 +180,21 @@ def main() -> None:
     upstream = FakeUpstreamProcess(latency_ms=args.latency_ms).start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            config = {"models": [{"name": "fake-model", "deployments": [{
-                "provider": "openai", "base_url": upstream.url, "api_key": "k",
-                "max_concurrency": args.concurrency}]}]}
+            config = {
+                "models": [
+                    {
+                        "name": "fake-model",
+                        "deployments": [
+                            {
+                                "provider": "openai",
+                                "base_url": upstream.url,
+                                "api_key": "k",
+                                "max_concurrency": args.concurrency,
+                            }
+                        ],
+                    }
+                ]
+            }
             server = ServerProcess(config, env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}, workdir=Path(tmp) / "server")
             try:
                 server.start().wait_ready()
@@ -171,22 +205,34 @@ def main() -> None:
     finally:
         upstream.stop()
 
-    print(f"\nfair share: one deployment, max_concurrency {args.concurrency}, upstream {args.latency_ms:g} ms "
-          f"(capacity {capacity:g} req/s)")
+    print(
+        f"\nfair share: one deployment, max_concurrency {args.concurrency}, upstream {args.latency_ms:g} ms "
+        f"(capacity {capacity:g} req/s)"
+    )
     print("(a) starvation: team B's 100 lines submitted while team A's 5,000 run (equal weights)")
-    print(f"references: ideal alone (100 / capacity) {a['ideal_s']:.2f} s; fair-share ideal (half the slots) "
-          f"{2 * a['ideal_s']:.2f} s; 100 lines measured alone on the idle gateway {a['alone_s']:.2f} s")
-    print(f"{'':34}{'B s':>6}{'/ideal':>8}{'/fair':>7}{'/alone':>8}{'A req/s':>9}{'A share':>9}"
-          f"{'A done when B done':>20}")
+    print(
+        f"references: ideal alone (100 / capacity) {a['ideal_s']:.2f} s; fair-share ideal (half the slots) "
+        f"{2 * a['ideal_s']:.2f} s; 100 lines measured alone on the idle gateway {a['alone_s']:.2f} s"
+    )
+    print(
+        f"{'':34}{'B s':>6}{'/ideal':>8}{'/fair':>7}{'/alone':>8}{'A req/s':>9}{'A share':>9}{'A done when B done':>20}"
+    )
     for label, r in (("B joins (first batch)", a["first"]), ("B returns after A ran 1,000 more", a["again"])):
-        print(f"{label:34}{r['b_s']:>6.2f}{r['b_s'] / a['ideal_s']:>8.2f}{r['b_s'] / (2 * a['ideal_s']):>7.2f}"
-              f"{r['b_s'] / a['alone_s']:>8.2f}{r['a_rps']:>9.0f}{r['a_rps'] / capacity:>9.2f}"
-              f"{r['a_done']:>11} ({r['a_done'] / 50:.1f} %)")
-    print("B s: B's create -> completed (validated in " + " and ".join(f"{a[k]['b_validated_s']:.2f} s" for k in
-          ("first", "again")) + "); A req/s, A share: A's rate while B ran, and over capacity (fair: 0.50)")
+        print(
+            f"{label:34}{r['b_s']:>6.2f}{r['b_s'] / a['ideal_s']:>8.2f}{r['b_s'] / (2 * a['ideal_s']):>7.2f}"
+            f"{r['b_s'] / a['alone_s']:>8.2f}{r['a_rps']:>9.0f}{r['a_rps'] / capacity:>9.2f}"
+            f"{r['a_done']:>11} ({r['a_done'] / 50:.1f} %)"
+        )
+    print(
+        "B s: B's create -> completed (validated in "
+        + " and ".join(f"{a[k]['b_validated_s']:.2f} s" for k in ("first", "again"))
+        + "); A req/s, A share: A's rate while B ran, and over capacity (fair: 0.50)"
+    )
     total = b["heavy"] + b["light"]
-    print(f"(b) weights 3 : 1, two 3,000-line batches at once; {b['samples']} samples over {b['window_s']:.1f} s, "
-          f"{total} requests completed in that window ({b['rps']:.0f} req/s, {b['rps'] / capacity:.2f} of capacity)")
+    print(
+        f"(b) weights 3 : 1, two 3,000-line batches at once; {b['samples']} samples over {b['window_s']:.1f} s, "
+        f"{total} requests completed in that window ({b['rps']:.0f} req/s, {b['rps'] / capacity:.2f} of capacity)"
+    )
     print(f"{'team':10}{'weight':>8}{'requests':>10}{'share':>8}{'target':>8}{'share/target':>14}")
     for team, weight, n, target in (("heavy", 3, b["heavy"], 0.75), ("light", 1, b["light"], 0.25)):
         share = n / max(1, total)

@@ -27,8 +27,21 @@ def measure(latency_ms: float = 50, concurrency: int = 16, interval_s: float = 1
     upstream = FakeUpstreamProcess(latency_ms=latency_ms).start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            config = {"models": [{"name": "fake-model", "deployments": [{
-                "provider": "openai", "base_url": upstream.url, "api_key": "k", "max_concurrency": concurrency}]}]}
+            config = {
+                "models": [
+                    {
+                        "name": "fake-model",
+                        "deployments": [
+                            {
+                                "provider": "openai",
+                                "base_url": upstream.url,
+                                "api_key": "k",
+                                "max_concurrency": concurrency,
+                            }
+                        ],
+                    }
+                ]
+            }
             server = ServerProcess(config, env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}, workdir=Path(tmp) / "server")
             try:
                 server.start().wait_ready()
@@ -41,8 +54,11 @@ def measure(latency_ms: float = 50, concurrency: int = 16, interval_s: float = 1
 
 def _run(server: ServerProcess, tmp: Path, interval_s: float) -> dict:
     teams = {name: Team(server, name, weight) for name, weight in WEIGHTS.items()}
-    files = {(name, size): team.upload(write_input(tmp / f"{name}-{size}.jsonl", f"{name}-{size}", size))
-             for name, team in teams.items() for size in SIZES}
+    files = {
+        (name, size): team.upload(write_input(tmp / f"{name}-{size}.jsonl", f"{name}-{size}", size))
+        for name, team in teams.items()
+        for size in SIZES
+    }
     batches = {name: [team.create(files[(name, size)]).id for size in SIZES] for name, team in teams.items()}
     totals = {name: sum(SIZES) for name in teams}
 
@@ -74,9 +90,11 @@ def main() -> None:
     args = parser.parse_args()
     r = measure(args.latency_ms, args.concurrency)
     total = sum(r["delta"].values())
-    print(f"\nfairness: 4 teams x 5 batches {SIZES}, weights {list(WEIGHTS.values())}; {r['samples']} samples over "
-          f"{r['window_s']:.1f} s, {total} requests ({r['rps']:.0f} req/s = "
-          f"{r['rps'] / r['capacity']:.2f} of capacity)")
+    print(
+        f"\nfairness: 4 teams x 5 batches {SIZES}, weights {list(WEIGHTS.values())}; {r['samples']} samples over "
+        f"{r['window_s']:.1f} s, {total} requests ({r['rps']:.0f} req/s = "
+        f"{r['rps'] / r['capacity']:.2f} of capacity)"
+    )
     print(f"{'team':6}{'weight':>8}{'requests':>10}{'share':>8}{'target':>8}{'share/target':>14}")
     for name, weight in WEIGHTS.items():
         share, target = r["delta"][name] / max(1, total), weight / sum(WEIGHTS.values())

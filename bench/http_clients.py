@@ -30,18 +30,22 @@ def cpu_now() -> float:
 async def run_aiohttp(url: str, requests: int, concurrency: int) -> None:
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def one() -> None:
             async with session.post(url, data=BODY, headers=HEADERS) as response:
                 orjson.loads(await response.read())
+
         await _drive(one, requests, concurrency)
 
 
 async def run_httpx(url: str, requests: int, concurrency: int) -> None:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
         async def one() -> None:
             response = await client.post(url, content=BODY, headers=HEADERS)
             orjson.loads(response.content)
+
         await _drive(one, requests, concurrency)
 
 
@@ -74,13 +78,17 @@ def main() -> None:
     upstream = FakeUpstreamProcess(latency_ms=args.latency_ms).start()
     try:
         url = upstream.url + "/chat/completions"
-        results = {name: measure(name, fn, url, args.requests, args.concurrency)
-                   for name, fn in (("aiohttp", run_aiohttp), ("httpx", run_httpx))}
+        results = {
+            name: measure(name, fn, url, args.requests, args.concurrency)
+            for name, fn in (("aiohttp", run_aiohttp), ("httpx", run_httpx))
+        }
     finally:
         upstream.stop()
     base_rps, base_cpu = results["aiohttp"]
-    print(f"\nupstream client, {args.requests} requests at concurrency {args.concurrency}, "
-          f"{args.latency_ms:g} ms upstream")
+    print(
+        f"\nupstream client, {args.requests} requests at concurrency {args.concurrency}, "
+        f"{args.latency_ms:g} ms upstream"
+    )
     print(f"{'client':10}{'req/s':>10}{'CPU ms/req':>12}{'CPU vs aiohttp':>16}")
     for name, (rps, cpu) in results.items():
         print(f"{name:10}{rps:>10.1f}{cpu:>12.3f}{cpu / base_cpu:>16.2f}")

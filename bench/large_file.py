@@ -21,9 +21,16 @@ def write_input(path: Path, lines: int, line_bytes: int) -> int:
     filler = "lorem ipsum dolor sit amet " * (line_bytes // 27 + 1)
     with open(path, "w") as fh:
         for i in range(lines):
-            row = {"custom_id": f"row-{i}", "method": "POST", "url": "/v1/chat/completions",
-                   "body": {"model": "fake-model", "max_tokens": 8,
-                            "messages": [{"role": "user", "content": filler[: line_bytes - 160]}]}}
+            row = {
+                "custom_id": f"row-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "fake-model",
+                    "max_tokens": 8,
+                    "messages": [{"role": "user", "content": filler[: line_bytes - 160]}],
+                },
+            }
             fh.write(json.dumps(row) + "\n")
     return path.stat().st_size
 
@@ -34,9 +41,22 @@ def measure(lines: int, line_kb: float) -> dict:
         path = Path(tmp) / "input.jsonl"
         size = write_input(path, lines, int(line_kb * 1000))
         # The upstream is never reached: the batch is cancelled as soon as it is validated.
-        config = {"models": [{"name": "fake-model", "deployments": [{
-            "provider": "openai", "base_url": "http://127.0.0.1:9/v1", "max_concurrency": 1, "timeout_s": 1}]}],
-            "limits": {"max_file_bytes": size + 1}}
+        config = {
+            "models": [
+                {
+                    "name": "fake-model",
+                    "deployments": [
+                        {
+                            "provider": "openai",
+                            "base_url": "http://127.0.0.1:9/v1",
+                            "max_concurrency": 1,
+                            "timeout_s": 1,
+                        }
+                    ],
+                }
+            ],
+            "limits": {"max_file_bytes": size + 1},
+        }
         server = ServerProcess(config, workdir=Path(tmp) / "server").start().wait_ready()
         try:
             rss_idle = peak_rss_mb(server.pid)
@@ -44,8 +64,9 @@ def measure(lines: int, line_kb: float) -> dict:
             start = time.perf_counter()
             file = client.files.create(file=path.open("rb"), purpose="batch")
             upload_s = time.perf_counter() - start
-            batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                          completion_window="24h")
+            batch = client.batches.create(
+                input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
             batch, validate_s = wait_status(client, batch.id, ("in_progress", "failed", "completed"), 600, 0.05)
             client.batches.cancel(batch.id)
             rss_peak = peak_rss_mb(server.pid)
@@ -53,8 +74,14 @@ def measure(lines: int, line_kb: float) -> dict:
             assert batch.request_counts.total == lines, batch.request_counts
         finally:
             server.stop()
-    return {"lines": lines, "mb": size / 1e6, "upload_s": upload_s, "validate_s": validate_s,
-            "rss_idle_mb": rss_idle, "rss_peak_mb": rss_peak}
+    return {
+        "lines": lines,
+        "mb": size / 1e6,
+        "upload_s": upload_s,
+        "validate_s": validate_s,
+        "rss_idle_mb": rss_idle,
+        "rss_peak_mb": rss_peak,
+    }
 
 
 def main() -> None:
@@ -64,10 +91,14 @@ def main() -> None:
     args = parser.parse_args()
     r = measure(args.lines, args.line_kb)
     print(f"\nlarge file: {r['lines']} lines, {r['mb']:.0f} MB")
-    print(f"upload {r['upload_s']:.2f} s ({r['mb'] / r['upload_s']:.0f} MB/s); validation {r['validate_s']:.2f} s "
-          f"({r['lines'] / r['validate_s']:,.0f} lines/s)")
-    print(f"server peak RSS {r['rss_peak_mb']:.0f} MiB (idle {r['rss_idle_mb']:.0f} MiB); target ≤ 300 MiB → "
-          f"{r['rss_peak_mb'] / 300:.2f} of the target")
+    print(
+        f"upload {r['upload_s']:.2f} s ({r['mb'] / r['upload_s']:.0f} MB/s); validation {r['validate_s']:.2f} s "
+        f"({r['lines'] / r['validate_s']:,.0f} lines/s)"
+    )
+    print(
+        f"server peak RSS {r['rss_peak_mb']:.0f} MiB (idle {r['rss_idle_mb']:.0f} MiB); target ≤ 300 MiB → "
+        f"{r['rss_peak_mb'] / 300:.2f} of the target"
+    )
 
 
 if __name__ == "__main__":

@@ -167,13 +167,14 @@ class MarkerCount:
         self.marker, self.count, self._tail = marker, 0, b""
 
     def feed(self, chunk: bytes) -> None:
-        window = self._tail + chunk[:len(self.marker) - 1]  # a marker in it spans the boundary
+        window = self._tail + chunk[: len(self.marker) - 1]  # a marker in it spans the boundary
         self.count += window.count(self.marker) + chunk.count(self.marker)
-        self._tail = chunk[-(len(self.marker) - 1):]
+        self._tail = chunk[-(len(self.marker) - 1) :]
 
 
-def stream_to_devnull(client: httpx.Client, url: str, copy_to: Path | None = None,
-                      marker: MarkerCount | None = None) -> tuple[int, list[int]]:
+def stream_to_devnull(
+    client: httpx.Client, url: str, copy_to: Path | None = None, marker: MarkerCount | None = None
+) -> tuple[int, list[int]]:
     """GET `url` streamed to /dev/null (and to `copy_to` if given): total bytes and each line's length."""
     total, lines = 0, LineLengths()
     with open(os.devnull, "wb") as sink, client.stream("GET", url) as response:
@@ -204,8 +205,10 @@ def timed(fn: Callable[[], Row]) -> Row:
 # ------------------------------------------------------------------ scenarios 1 and 2
 def openai_batch(upstream_url: str, workdir: Path) -> tuple[Row, Row]:
     """Scenario 1 on one server, then scenario 2 on a fresh one over the same storage."""
-    input_path = write_jsonl(workdir / "input.jsonl", (
-        chat_line(f"r{i}", f"@big:{ANSWER_BYTES} @latency:{LATENCY_MS} r{i}") for i in range(ANSWERS)))
+    input_path = write_jsonl(
+        workdir / "input.jsonl",
+        (chat_line(f"r{i}", f"@big:{ANSWER_BYTES} @latency:{LATENCY_MS} r{i}") for i in range(ANSWERS)),
+    )
     started = time.perf_counter()
     with fresh_server(upstream_url, workdir / "server") as server:
         base = baseline_mib(server)
@@ -213,11 +216,18 @@ def openai_batch(upstream_url: str, workdir: Path) -> tuple[Row, Row]:
         assert server.pid is not None
         with RssSampler(server.pid) as sampler:
             file = client.files.create(file=input_path.open("rb"), purpose="batch")
-            batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                          completion_window="24h")
-            batch = poll_until(lambda: (b := client.batches.retrieve(batch.id)).status in
-                               ("completed", "failed", "expired", "cancelled") and b, timeout=240, interval=0.2,
-                               message=lambda: f"batch not finished; log:\n{server.log_tail()}")
+            batch = client.batches.create(
+                input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            batch = poll_until(
+                lambda: (
+                    (b := client.batches.retrieve(batch.id)).status in ("completed", "failed", "expired", "cancelled")
+                    and b
+                ),
+                timeout=240,
+                interval=0.2,
+                message=lambda: f"batch not finished; log:\n{server.log_tail()}",
+            )
         counts = batch.request_counts
         check = f"{batch.status}, {counts.completed if counts else '?'}/{ANSWERS} completed"
         if batch.output_file_id:
@@ -231,8 +241,15 @@ def openai_batch(upstream_url: str, workdir: Path) -> tuple[Row, Row]:
             check += " ✓" if len(lines) == ANSWERS and big == ANSWERS else " ✗"
         else:
             check += "; no output file ✗"
-    first = Row(f"1. {ANSWERS} concurrent 25 MB answers (openai SDK batch)", base, sampler.peak_mib,
-                ANSWERS * 3 * ANSWER_BYTES / MB, f"{ANSWERS} × 3 × 25 MB", time.perf_counter() - started, check)
+    first = Row(
+        f"1. {ANSWERS} concurrent 25 MB answers (openai SDK batch)",
+        base,
+        sampler.peak_mib,
+        ANSWERS * 3 * ANSWER_BYTES / MB,
+        f"{ANSWERS} × 3 × 25 MB",
+        time.perf_counter() - started,
+        check,
+    )
 
     started = time.perf_counter()
     with fresh_server(upstream_url, workdir / "server") as server:
@@ -244,10 +261,15 @@ def openai_batch(upstream_url: str, workdir: Path) -> tuple[Row, Row]:
             elements = MarkerCount(b'{"id":"batch_req_')
             total, _ = stream_to_devnull(http, f"/v1/batches/{batch.id}/output", marker=elements)
     ok = total > ANSWERS * ANSWER_BYTES and elements.count == ANSWERS
-    second = Row("2. /v1/batches/{id}/output of that batch, streamed", base, sampler.peak_mib,
-                 ONE_ANSWER_BOUND_MB, ONE_ANSWER_BOUND,
-                 time.perf_counter() - started,
-                 f"{total:,} B, {elements.count} answers in one JSON array (> {ANSWERS} × 25 MB) {'✓' if ok else '✗'}")
+    second = Row(
+        "2. /v1/batches/{id}/output of that batch, streamed",
+        base,
+        sampler.peak_mib,
+        ONE_ANSWER_BOUND_MB,
+        ONE_ANSWER_BOUND,
+        time.perf_counter() - started,
+        f"{total:,} B, {elements.count} answers in one JSON array (> {ANSWERS} × 25 MB) {'✓' if ok else '✗'}",
+    )
     return first, second
 
 
@@ -256,13 +278,23 @@ def xai_results(upstream_url: str, workdir: Path) -> Row:
     """The batch is made and run on one server; /results is read from a fresh one over the same storage."""
     started = time.perf_counter()
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    with fresh_server(upstream_url, workdir / "server") as server, \
-            httpx.Client(base_url=f"{server.url}/xai/v1", timeout=600, headers=auth) as http:
+    with (
+        fresh_server(upstream_url, workdir / "server") as server,
+        httpx.Client(base_url=f"{server.url}/xai/v1", timeout=600, headers=auth) as http,
+    ):
         batch_id = http.post("/batches", json={"name": "mem"}).raise_for_status().json()["batch_id"]
-        items = [{"batch_request_id": f"r{i}", "batch_request": {"chat_get_completion": {
-            "model": "fake-model",
-            "messages": [{"role": "user", "content": f"@big:{ANSWER_BYTES} @latency:{LATENCY_MS} r{i}"}]}}}
-            for i in range(ANSWERS)]
+        items = [
+            {
+                "batch_request_id": f"r{i}",
+                "batch_request": {
+                    "chat_get_completion": {
+                        "model": "fake-model",
+                        "messages": [{"role": "user", "content": f"@big:{ANSWER_BYTES} @latency:{LATENCY_MS} r{i}"}],
+                    }
+                },
+            }
+            for i in range(ANSWERS)
+        ]
         http.post(f"/batches/{batch_id}/requests", json={"batch_requests": items}).raise_for_status()
 
         def finished() -> dict[str, Any] | None:
@@ -272,8 +304,10 @@ def xai_results(upstream_url: str, workdir: Path) -> Row:
             return state if state["num_success"] == ANSWERS else None
 
         poll_until(finished, timeout=240, interval=0.2, message=f"xAI batch {batch_id} did not finish")
-    with fresh_server(upstream_url, workdir / "server") as server, \
-            httpx.Client(base_url=f"{server.url}/xai/v1", timeout=600, headers=auth) as http:
+    with (
+        fresh_server(upstream_url, workdir / "server") as server,
+        httpx.Client(base_url=f"{server.url}/xai/v1", timeout=600, headers=auth) as http,
+    ):
         base = baseline_mib(server)
         copy = workdir / "results.json"
         assert server.pid is not None
@@ -283,10 +317,15 @@ def xai_results(upstream_url: str, workdir: Path) -> Row:
     copy.unlink()
     good = sum(1 for r in results if "response" in r.get("batch_result", {}))
     ok = len(results) == ANSWERS and good == ANSWERS
-    return Row("3. xAI /results?limit=100 of such a batch, streamed", base, sampler.peak_mib,
-                 ONE_ANSWER_BOUND_MB, ONE_ANSWER_BOUND,
-               time.perf_counter() - started,
-               f"{len(results)} results ({good} answers), {total:,} B {'✓' if ok else '✗'}")
+    return Row(
+        "3. xAI /results?limit=100 of such a batch, streamed",
+        base,
+        sampler.peak_mib,
+        ONE_ANSWER_BOUND_MB,
+        ONE_ANSWER_BOUND,
+        time.perf_counter() - started,
+        f"{len(results)} results ({good} answers), {total:,} B {'✓' if ok else '✗'}",
+    )
 
 
 # ------------------------------------------------------------------ scenario 4
@@ -332,8 +371,15 @@ def big_headers(upstream_url: str, workdir: Path) -> Row:
     for answer in answers:
         seen[answer] = seen.get(answer, 0) + 1
     check = "; ".join(f"{n} × {a}" for a, n in seen.items()) + f"; {alive}"
-    return Row(f"4. {HEADER_SOCKETS} × 200 MB headers without a key (admin key set)", base, sampler.peak_mib, 50,
-               "50 MB", time.perf_counter() - started, check)
+    return Row(
+        f"4. {HEADER_SOCKETS} × 200 MB headers without a key (admin key set)",
+        base,
+        sampler.peak_mib,
+        50,
+        "50 MB",
+        time.perf_counter() - started,
+        check,
+    )
 
 
 # ------------------------------------------------------------------ the table
@@ -343,7 +389,8 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.scenario} | {r.baseline_mib:.0f} MiB | {r.peak_mib:.0f} MiB (+{r.peak_mib - r.baseline_mib:.0f}) "
             f"| {r.bound_mib:.0f} MiB (baseline + {r.allowance_text}) | {r.verdict} | {r.seconds:.1f} s "
-            f"| {r.check} |")
+            f"| {r.check} |"
+        )
     return "\n".join(lines)
 
 
@@ -373,8 +420,11 @@ def main() -> None:
                 except Exception as exc:  # a broken scenario is a row, the others still run
                     new = [failed_row(name, exc, time.perf_counter() - part_start)]
             for r in new:
-                print(f"  {r.scenario}: peak {r.peak_mib:.0f} MiB, bound {r.bound_mib:.0f} MiB → {r.verdict} "
-                      f"({r.seconds:.1f} s; {r.check})", flush=True)
+                print(
+                    f"  {r.scenario}: peak {r.peak_mib:.0f} MiB, bound {r.bound_mib:.0f} MiB → {r.verdict} "
+                    f"({r.seconds:.1f} s; {r.check})",
+                    flush=True,
+                )
             rows += new
     finally:
         upstream.stop()
@@ -387,7 +437,8 @@ def main() -> None:
         f"# Memory benchmark\n\n`make bench-memory` on {stamp}: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}. Peak RSS is the server process plus its children, sampled every "
         f"20 ms; the baseline is taken after start-up, on a fresh server for each measurement. "
-        f"{time.perf_counter() - started:.0f} s in all.\n\n{text}\n")
+        f"{time.perf_counter() - started:.0f} s in all.\n\n{text}\n"
+    )
     print(f"\nwritten to {MEMORY_MD.relative_to(ROOT)}")
 
 

@@ -43,19 +43,24 @@ FILL = [
 QUERIES = {
     "claim 32 ready rows of one batch": (
         """SELECT line_no FROM requests WHERE batch_id = 'batch_000007' AND state = 'pending'
-           AND next_attempt_at <= 1e12 ORDER BY line_no LIMIT 32 FOR UPDATE SKIP LOCKED"""),
+           AND next_attempt_at <= 1e12 ORDER BY line_no LIMIT 32 FOR UPDATE SKIP LOCKED"""
+    ),
     "xAI results page after a seq": (
-        "SELECT * FROM results WHERE batch_id = 'batch_000007' AND seq > 100000 ORDER BY seq LIMIT 100"),
+        "SELECT * FROM results WHERE batch_id = 'batch_000007' AND seq > 100000 ORDER BY seq LIMIT 100"
+    ),
     "finalisation page by line": (
-        "SELECT * FROM results WHERE batch_id = 'batch_000007' AND line_no > 10000 ORDER BY line_no LIMIT 1000"),
+        "SELECT * FROM results WHERE batch_id = 'batch_000007' AND line_no > 10000 ORDER BY line_no LIMIT 1000"
+    ),
     "xAI requests page": (
         """SELECT r.line_no, r.state, res.ok FROM requests r LEFT JOIN results res
            ON res.batch_id = r.batch_id AND res.line_no = r.line_no
-           WHERE r.batch_id = 'batch_000007' AND r.line_no > 20000 ORDER BY r.line_no LIMIT 100"""),
+           WHERE r.batch_id = 'batch_000007' AND r.line_no > 20000 ORDER BY r.line_no LIMIT 100"""
+    ),
     "expired leases": "SELECT count(*) FROM requests WHERE state = 'running' AND lease_until < 1e12",
     "batches newest first": "SELECT * FROM batches ORDER BY id DESC LIMIT 21",
     "duplicate ids on an xAI add": (
-        "SELECT custom_id FROM requests WHERE batch_id = 'batch_000007' AND custom_id IN ('c1', 'c2', 'c3')"),
+        "SELECT custom_id FROM requests WHERE batch_id = 'batch_000007' AND custom_id IN ('c1', 'c2', 'c3')"
+    ),
 }
 
 
@@ -82,16 +87,20 @@ async def main() -> None:
         async with engine.begin() as conn:
             for statement in FILL:
                 await conn.execute(text(statement), params if ":" in statement else {})
-        print(f"\nfilled {BATCHES * PER_BATCH:,} request rows and {BATCHES * PER_BATCH // 2:,} results "
-              f"in {time.perf_counter() - start:.1f} s")
+        print(
+            f"\nfilled {BATCHES * PER_BATCH:,} request rows and {BATCHES * PER_BATCH // 2:,} results "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
         print(f"{'query':38}{'ms':>9}  plan")
         async with engine.connect() as conn:
             for name, sql in QUERIES.items():
                 raw = (await conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + sql))).scalar_one()
                 plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
                 seq = "Seq Scan" in json.dumps(plan["Plan"]) and "batches" not in name
-                print(f"{name:38}{plan['Execution Time']:>9.2f}  {shape(plan['Plan'])}"
-                      f"{'   <-- sequential scan' if seq else ''}")
+                print(
+                    f"{name:38}{plan['Execution Time']:>9.2f}  {shape(plan['Plan'])}"
+                    f"{'   <-- sequential scan' if seq else ''}"
+                )
         await engine.dispose()
     finally:
         cluster.stop()

@@ -35,9 +35,16 @@ FINAL = ("completed", "failed", "expired", "cancelled")
 
 
 def request_line(i: int) -> dict:
-    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "fake-model", "messages": [{"role": "user", "content": f"classify row {i}"}],
-                     "max_tokens": 16}}
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "fake-model",
+            "messages": [{"role": "user", "content": f"classify row {i}"}],
+            "max_tokens": 16,
+        },
+    }
 
 
 def run_once(args: argparse.Namespace, window_s: float, gateway_rpm: int | None, workdir: Path) -> dict:
@@ -60,8 +67,7 @@ def run_once(args: argparse.Namespace, window_s: float, gateway_rpm: int | None,
         client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=2)
         file = client.files.create(file=input_path.open("rb"), purpose="batch")
         start = time.perf_counter()
-        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
         timed_out = False
         while batch.status not in FINAL:
             if time.perf_counter() - start > deadline_s:
@@ -85,11 +91,22 @@ def run_once(args: argparse.Namespace, window_s: float, gateway_rpm: int | None,
     span = (stats["last_answer_at"] or 0) - (stats["first_request_at"] or 0)
     achieved = 60 * ok / span if span > 0 else 0.0
     counts = batch.request_counts
-    return {"window_s": window_s, "gateway_rpm": gateway_rpm, "span_s": span, "wall_s": wall,
-            "achieved_rpm": achieved, "vs_limit": achieved / args.rpm, "calls": stats["requests_total"],
-            "throttled": throttled, "throttled_share": throttled / max(1, stats["requests_total"]),
-            "completed": counts.completed if counts else 0, "failed": counts.failed if counts else 0,
-            "max_in_flight": stats["max_in_flight"], "status": batch.status, "timed_out": timed_out}
+    return {
+        "window_s": window_s,
+        "gateway_rpm": gateway_rpm,
+        "span_s": span,
+        "wall_s": wall,
+        "achieved_rpm": achieved,
+        "vs_limit": achieved / args.rpm,
+        "calls": stats["requests_total"],
+        "throttled": throttled,
+        "throttled_share": throttled / max(1, stats["requests_total"]),
+        "completed": counts.completed if counts else 0,
+        "failed": counts.failed if counts else 0,
+        "max_in_flight": stats["max_in_flight"],
+        "status": batch.status,
+        "timed_out": timed_out,
+    }
 
 
 def main() -> None:
@@ -110,26 +127,38 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 results.append(run_once(args, window_s, gateway_rpm, Path(tmp)))
             r = results[-1]
-            print(f"  {r['status']} in {r['wall_s']:.1f} s; {r['calls']} upstream calls, {r['throttled']} 429s",
-                  flush=True)
+            print(
+                f"  {r['status']} in {r['wall_s']:.1f} s; {r['calls']} upstream calls, {r['throttled']} 429s",
+                flush=True,
+            )
 
-    print(f"\nrate limits: upstream limit R = {args.rpm} requests/min ({args.rpm / 60:g}/s) answered 429 + "
-          f"Retry-After above it, latency {args.latency_ms:g} ms; batch of {args.requests} requests; "
-          f"batchgate max_concurrency {args.concurrency}")
-    print(f"{'upstream window':>16}{'batchgate rpm':>15}{'run s':>8}{'req/min':>9}{'/ R':>7}{'  (>=0.95)':<11}"
-          f"{'calls':>7}{'429s':>6}{'429 share':>10}{'  (<=1%)':<9}{'failed':>7}{'max in flight':>15}")
+    print(
+        f"\nrate limits: upstream limit R = {args.rpm} requests/min ({args.rpm / 60:g}/s) answered 429 + "
+        f"Retry-After above it, latency {args.latency_ms:g} ms; batch of {args.requests} requests; "
+        f"batchgate max_concurrency {args.concurrency}"
+    )
+    print(
+        f"{'upstream window':>16}{'batchgate rpm':>15}{'run s':>8}{'req/min':>9}{'/ R':>7}{'  (>=0.95)':<11}"
+        f"{'calls':>7}{'429s':>6}{'429 share':>10}{'  (<=1%)':<9}{'failed':>7}{'max in flight':>15}"
+    )
     for r in results:
         rate_ok = "BURST" if r["vs_limit"] > 1.05 else "ok" if r["vs_limit"] >= 0.95 else "SHORT"
         share_ok = "ok" if r["throttled_share"] <= 0.01 else "OVER"
-        print(f"{r['window_s']:>14g} s{(r['gateway_rpm'] or 'none'):>15}{r['span_s']:>8.1f}"
-              f"{r['achieved_rpm']:>9.0f}{r['vs_limit']:>7.2f}  {rate_ok:<9}{r['calls']:>7}{r['throttled']:>6}"
-              f"{100 * r['throttled_share']:>9.1f}%  {share_ok:<7}{r['failed']:>7}{r['max_in_flight']:>15}"
-              + ("  (deadline: cancelled)" if r["timed_out"] else ""))
-    print("run s: first upstream call received to last answer sent; req/min: calls answered 200 over that "
-          "span; failed: requests that ended in the error file (max_attempts 5 exhausted).")
+        print(
+            f"{r['window_s']:>14g} s{(r['gateway_rpm'] or 'none'):>15}{r['span_s']:>8.1f}"
+            f"{r['achieved_rpm']:>9.0f}{r['vs_limit']:>7.2f}  {rate_ok:<9}{r['calls']:>7}{r['throttled']:>6}"
+            f"{100 * r['throttled_share']:>9.1f}%  {share_ok:<7}{r['failed']:>7}{r['max_in_flight']:>15}"
+            + ("  (deadline: cancelled)" if r["timed_out"] else "")
+        )
+    print(
+        "run s: first upstream call received to last answer sent; req/min: calls answered 200 over that "
+        "span; failed: requests that ended in the error file (max_attempts 5 exhausted)."
+    )
     if any(r["window_s"] >= 60 and r["vs_limit"] > 1.05 for r in results):
-        print(f"A {args.requests}-request batch fits in one 60 s window, so over it an unpaced gateway bursts "
-              f"past R/min without a single 429: legal for that upstream, not a rate it could sustain.")
+        print(
+            f"A {args.requests}-request batch fits in one 60 s window, so over it an unpaced gateway bursts "
+            f"past R/min without a single 429: legal for that upstream, not a rate it could sustain."
+        )
 
 
 if __name__ == "__main__":

@@ -47,19 +47,28 @@ BACKEND = re.compile(r"^postgres: [^:]+: \S+ (\S+) (?:\S+\(\d+\)|\[local\])")
 
 
 def request_line(i: int) -> dict:
-    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "fake-model", "messages": [{"role": "user", "content": f"classify row {i}"}],
-                     "max_tokens": 16}}
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "fake-model",
+            "messages": [{"role": "user", "content": f"classify row {i}"}],
+            "max_tokens": 16,
+        },
+    }
 
 
 async def bare_loop(url: str, requests: int, concurrency: int) -> float:
     """requests/s of a plain aiohttp client making the same calls at the same concurrency, no gateway."""
     pending = iter(range(requests))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
         async def worker() -> None:
             for i in pending:
                 async with session.post(url + "/chat/completions", json=request_line(i)["body"]) as response:
                     await response.read()
+
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return requests / (time.perf_counter() - start)
@@ -71,8 +80,14 @@ def write_input(path: Path, requests: int) -> Path:
 
 
 def model_config(upstream_url: str, concurrency: int) -> list[dict]:
-    return [{"name": "fake-model", "deployments": [{
-        "provider": "openai", "base_url": upstream_url, "api_key": "k", "max_concurrency": concurrency}]}]
+    return [
+        {
+            "name": "fake-model",
+            "deployments": [
+                {"provider": "openai", "base_url": upstream_url, "api_key": "k", "max_concurrency": concurrency}
+            ],
+        }
+    ]
 
 
 def run_batch(server: ServerProcess, input_path: Path, requests: int, before=lambda: None) -> float:
@@ -81,8 +96,7 @@ def run_batch(server: ServerProcess, input_path: Path, requests: int, before=lam
         file = client.files.create(file=input_path.open("rb"), purpose="batch")
         before()
         start = time.perf_counter()
-        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
         batch, _ = wait_status(client, batch.id, TERMINAL, timeout=900)
         elapsed = time.perf_counter() - start
     assert batch.status == "completed" and batch.request_counts.completed == requests, batch
@@ -144,12 +158,21 @@ def drop_database(url: str) -> None:
         _psql(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
 
 
-def scale_run(cluster: PostgresCluster, upstream: FakeUpstreamProcess, concurrency: int, requests: int,
-              workers: int, input_path: Path, workdir: Path) -> dict:
+def scale_run(
+    cluster: PostgresCluster,
+    upstream: FakeUpstreamProcess,
+    concurrency: int,
+    requests: int,
+    workers: int,
+    input_path: Path,
+    workdir: Path,
+) -> dict:
     """One API-only server and `workers` workers, all in `workdir`, on a fresh database."""
     database = cluster.new_database()
-    config = {"storage": {"database": database, "files": str(workdir / ".batchgate" / "files")},
-              "models": model_config(upstream.url, concurrency)}
+    config = {
+        "storage": {"database": database, "files": str(workdir / ".batchgate" / "files")},
+        "models": model_config(upstream.url, concurrency),
+    }
     upstream.reset()
     try:
         with processes([]) as started:
@@ -176,28 +199,43 @@ def scale_out(cluster: PostgresCluster, scale: float, tmp: Path) -> list[list[st
         try:
             bare = asyncio.run(bare_loop(upstream.url, requests, concurrency))
             bare_in_flight = upstream.stats()["max_in_flight"]
-            runs = {n: scale_run(cluster, upstream, concurrency, requests, n, input_path, tmp / f"{name}-{n}w")
-                    for n in (1, 3)}
+            runs = {
+                n: scale_run(cluster, upstream, concurrency, requests, n, input_path, tmp / f"{name}-{n}w")
+                for n in (1, 3)
+            }
         finally:
             upstream.stop()
         label = f"{name} ({requests} req, C={concurrency}, {latency_ms} ms)"
         rows.append([label, "theoretical limit", f"{limit:.1f}", "1.00", f"{limit / bare:.2f}", "", str(concurrency)])
         rows.append(["", "bare aiohttp loop", f"{bare:.1f}", f"{bare / limit:.2f}", "1.00", "", str(bare_in_flight)])
         for n, run in runs.items():
-            rows.append(["", f"batchgate, {n} worker{'s' if n > 1 else ''}", f"{run['rps']:.1f}",
-                         f"{run['rps'] / limit:.2f}", f"{run['rps'] / bare:.2f}",
-                         f"{run['rps'] / runs[1]['rps']:.2f}", str(run["max_in_flight"])])
+            rows.append(
+                [
+                    "",
+                    f"batchgate, {n} worker{'s' if n > 1 else ''}",
+                    f"{run['rps']:.1f}",
+                    f"{run['rps'] / limit:.2f}",
+                    f"{run['rps'] / bare:.2f}",
+                    f"{run['rps'] / runs[1]['rps']:.2f}",
+                    str(run["max_in_flight"]),
+                ]
+            )
             if run["max_in_flight"] > concurrency:
-                WARNINGS.append(f"!!! {name}, {n} workers: upstream max_in_flight {run['max_in_flight']} "
-                                f"exceeds max_concurrency {concurrency}")
+                WARNINGS.append(
+                    f"!!! {name}, {n} workers: upstream max_in_flight {run['max_in_flight']} "
+                    f"exceeds max_concurrency {concurrency}"
+                )
     return rows
 
 
-def cpu_run(upstream: FakeUpstreamProcess, database: str | None, requests: int, input_path: Path,
-            workdir: Path) -> dict:
+def cpu_run(
+    upstream: FakeUpstreamProcess, database: str | None, requests: int, input_path: Path, workdir: Path
+) -> dict:
     """One `batchgate serve` with its engine; CPU of the gateway (and of postgres) during the batch."""
-    config: dict = {"models": model_config(upstream.url, CPU_CONCURRENCY), **(
-        {"storage": {"database": database}} if database is not None else {})}
+    config: dict = {
+        "models": model_config(upstream.url, CPU_CONCURRENCY),
+        **({"storage": {"database": database}} if database is not None else {}),
+    }
     meter: dict = {}
 
     def before() -> None:
@@ -228,9 +266,16 @@ def cpu_cost(cluster: PostgresCluster, scale: float, tmp: Path) -> list[list[str
     rows = []
     for name, run in (("SQLite", sqlite), ("PostgreSQL", pg)):
         total = run["gateway_ms"] + run["pg_ms"]
-        rows.append([f"{name} ({requests} req, C={CPU_CONCURRENCY}, 0 ms)", f"{run['rps']:.1f}",
-                     f"{run['gateway_ms']:.2f}", f"{run['pg_ms']:.2f}" if name == "PostgreSQL" else "-",
-                     f"{total:.2f}", f"{total / (sqlite['gateway_ms'] + sqlite['pg_ms']):.2f}"])
+        rows.append(
+            [
+                f"{name} ({requests} req, C={CPU_CONCURRENCY}, 0 ms)",
+                f"{run['rps']:.1f}",
+                f"{run['gateway_ms']:.2f}",
+                f"{run['pg_ms']:.2f}" if name == "PostgreSQL" else "-",
+                f"{total:.2f}",
+                f"{total / (sqlite['gateway_ms'] + sqlite['pg_ms']):.2f}",
+            ]
+        )
     return rows
 
 
@@ -240,8 +285,10 @@ def table(header: list[str], rows: list[list[str]], markdown: bool = False) -> s
         return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     left = [h in ("scenario", "run", "database") for h in header]
-    return "\n".join("  ".join(c.ljust(w) if lft else c.rjust(w) for c, w, lft in zip(r, widths, left, strict=True))
-                     for r in [header, *rows])
+    return "\n".join(
+        "  ".join(c.ljust(w) if lft else c.rjust(w) for c, w, lft in zip(r, widths, left, strict=True))
+        for r in [header, *rows]
+    )
 
 
 SCALE_HEADER = ["scenario", "run", "req/s", "÷ limit", "÷ bare", "÷ 1 worker", "max_in_flight"]
@@ -261,15 +308,21 @@ def main() -> None:
             cpu_rows = [] if args.skip_cpu else cpu_cost(cluster, args.requests_scale, Path(tmp))
     finally:
         cluster.stop()
-    sections = [("scale-out on PostgreSQL: 1 API server (--no-engine) + N workers, batch create → completed",
-                 SCALE_HEADER, scale_rows), ("CPU per request, one `batchgate serve` with its engine",
-                                             CPU_HEADER, cpu_rows)]
+    sections = [
+        (
+            "scale-out on PostgreSQL: 1 API server (--no-engine) + N workers, batch create → completed",
+            SCALE_HEADER,
+            scale_rows,
+        ),
+        ("CPU per request, one `batchgate serve` with its engine", CPU_HEADER, cpu_rows),
+    ]
     for title, header, rows in sections:
         if rows:
             print(f"\n{title}\n{table(header, rows)}")
     print("\nmarkdown:\n\n" + "\n\n".join(table(h, r, markdown=True) for _, h, r in sections if r))
     if scale_rows:
         print("\n".join(["", *WARNINGS]) if WARNINGS else "\nupstream max_in_flight never exceeded max_concurrency")
+
 
 if __name__ == "__main__":
     main()

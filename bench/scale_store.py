@@ -36,19 +36,25 @@ def fill(db: Path, batches: int, per_batch: int) -> list[str]:
         conn.executemany(
             "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at)"
             " VALUES (?, 'in.jsonl', 'batch', 1, '', ?)",
-            [(f"file-{i:026d}", now) for i in range(batches)])
+            [(f"file-{i:026d}", now) for i in range(batches)],
+        )
         conn.executemany(
             "INSERT INTO batches (id, endpoint, model, input_file_id, completion_window, status, created_at, "
             "expires_at, total, completed, failed, input_tokens, cached_tokens, output_tokens, reasoning_tokens, "
             "cancelled, dialect, sealed) VALUES (?, '/v1/chat/completions', 'fake-model', ?, '24h', 'completed', ?, ?, "
             "?, ?, 0, 0, 0, 0, 0, 0, 'openai', 1)",
-            [(batch_id, f"file-{i:026d}", now, now + 86400, per_batch, per_batch) for i, batch_id in enumerate(ids)])
+            [(batch_id, f"file-{i:026d}", now, now + 86400, per_batch, per_batch) for i, batch_id in enumerate(ids)],
+        )
         for start in range(0, batches, 500):
             conn.executemany(
-                "INSERT INTO requests (batch_id, line_no, custom_id, \"offset\", length, state, attempts, "
+                'INSERT INTO requests (batch_id, line_no, custom_id, "offset", length, state, attempts, '
                 "next_attempt_at) VALUES (?, ?, ?, 0, 1, 'done', 1, 0)",
-                [(batch_id, line, f"c{line}") for batch_id in ids[start:start + 500]
-                 for line in range(1, per_batch + 1)])
+                [
+                    (batch_id, line, f"c{line}")
+                    for batch_id in ids[start : start + 500]
+                    for line in range(1, per_batch + 1)
+                ],
+            )
     conn.close()
     return ids
 
@@ -64,12 +70,18 @@ def timed(client: httpx.Client, path: str) -> list[float]:
 
 
 def measure_one(workdir: Path, batches: int, per_batch: int) -> dict[str, list[float]]:
-    config = {"models": [{"name": "fake-model", "deployments": [{"provider": "openai",
-                                                                  "base_url": "http://127.0.0.1:9/v1"}]}]}
+    config = {
+        "models": [{"name": "fake-model", "deployments": [{"provider": "openai", "base_url": "http://127.0.0.1:9/v1"}]}]
+    }
     workdir.mkdir(parents=True)
     (workdir / "batchgate.yaml").write_text(yaml.safe_dump(config))
-    subprocess.run([sys.executable, "-m", "batchgate", "migrate", "--config", "batchgate.yaml"], cwd=workdir,
-                   check=True, capture_output=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [sys.executable, "-m", "batchgate", "migrate", "--config", "batchgate.yaml"],
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
     ids = fill(workdir / ".batchgate" / "batchgate.db", batches, per_batch)
     server = ServerProcess(config, workdir=workdir).start().wait_ready(60)
     try:
@@ -92,8 +104,9 @@ def measure(batches: int = 10_000, per_batch: int = 100) -> dict:
         fill_s = time.perf_counter() - start
         small = measure_one(Path(tmp) / "small", SMALL_BATCHES, per_batch)
     p50 = {name: (statistics.median(full[name]), statistics.median(small[name])) for name in full}
-    p95 = {name: (statistics.quantiles(full[name], n=20)[18], statistics.quantiles(small[name], n=20)[18])
-           for name in full}
+    p95 = {
+        name: (statistics.quantiles(full[name], n=20)[18], statistics.quantiles(small[name], n=20)[18]) for name in full
+    }
     return {"batches": batches, "requests": batches * per_batch, "fill_s": fill_s, "p50": p50, "p95": p95}
 
 
@@ -103,8 +116,10 @@ def main() -> None:
     parser.add_argument("--requests-per-batch", type=int, default=100)
     args = parser.parse_args()
     r = measure(args.batches, args.requests_per_batch)
-    print(f"\nscale: {r['batches']:,} batches and {r['requests']:,} request rows (SQLite), {CALLS} calls each; "
-          f"beside {SMALL_BATCHES} batches")
+    print(
+        f"\nscale: {r['batches']:,} batches and {r['requests']:,} request rows (SQLite), {CALLS} calls each; "
+        f"beside {SMALL_BATCHES} batches"
+    )
     print(f"{'call':28}{'p50 ms':>9}{'p95 ms':>9}{'small p50':>11}{'full/small':>12}")
     for name, (full, small) in r["p50"].items():
         print(f"{name:28}{full:>9.2f}{r['p95'][name][0]:>9.2f}{small:>11.2f}{full / small:>12.2f}")

@@ -54,13 +54,24 @@ def latency_bound(scale: float) -> list[Figure]:
     finally:
         upstream.stop()
     return [
-        Figure("latency-bound: achieved (create → completed) / limit",
-               f"{gateway['rps']:.0f} req/s = {gateway['rps'] / limit:.2f} of {limit:.0f}", "≥ 0.95",
-               gateway["rps"] / limit >= 0.95),
-        Figure("latency-bound: while running (in_progress → finalizing) / limit",
-               f"{gateway['running_rps']:.0f} req/s = {gateway['running_rps'] / limit:.2f}", "", None),
-        Figure("latency-bound: bare aiohttp loop / limit (the machine's ceiling)",
-               f"{bare_rps:.0f} req/s = {bare_rps / limit:.2f}", "", None),
+        Figure(
+            "latency-bound: achieved (create → completed) / limit",
+            f"{gateway['rps']:.0f} req/s = {gateway['rps'] / limit:.2f} of {limit:.0f}",
+            "≥ 0.95",
+            gateway["rps"] / limit >= 0.95,
+        ),
+        Figure(
+            "latency-bound: while running (in_progress → finalizing) / limit",
+            f"{gateway['running_rps']:.0f} req/s = {gateway['running_rps'] / limit:.2f}",
+            "",
+            None,
+        ),
+        Figure(
+            "latency-bound: bare aiohttp loop / limit (the machine's ceiling)",
+            f"{bare_rps:.0f} req/s = {bare_rps / limit:.2f}",
+            "",
+            None,
+        ),
         Figure("latency-bound: gateway / bare loop", f"{gateway['rps'] / bare_rps:.2f}", "", None),
     ]
 
@@ -76,10 +87,18 @@ def cpu_bound(scale: float) -> list[Figure]:
         upstream.stop()
     ratio = gateway["cpu_per_request_ms"] / bare_cpu_ms
     return [
-        Figure("CPU-bound: gateway CPU per request ÷ bare loop's",
-               f"{gateway['cpu_per_request_ms']:.2f} ms ÷ {bare_cpu_ms:.2f} ms = {ratio:.1f}×", "≤ 1.5×", ratio <= 1.5),
-        Figure("CPU-bound: throughput, gateway / bare loop",
-               f"{gateway['rps']:.0f} / {bare_rps:.0f} req/s = {gateway['rps'] / bare_rps:.2f}", "", None),
+        Figure(
+            "CPU-bound: gateway CPU per request ÷ bare loop's",
+            f"{gateway['cpu_per_request_ms']:.2f} ms ÷ {bare_cpu_ms:.2f} ms = {ratio:.1f}×",
+            "≤ 1.5×",
+            ratio <= 1.5,
+        ),
+        Figure(
+            "CPU-bound: throughput, gateway / bare loop",
+            f"{gateway['rps']:.0f} / {bare_rps:.0f} req/s = {gateway['rps'] / bare_rps:.2f}",
+            "",
+            None,
+        ),
     ]
 
 
@@ -89,20 +108,36 @@ def rpm_bound(scale: float) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         r = rate_limits.run_once(args, window_s=1.0, gateway_rpm=rpm, workdir=Path(tmp))
     return [
-        Figure("RPM-bound (3,000 RPM, 1 s window): achieved / limit", f"{r['achieved_rpm']:.0f} RPM = "
-               f"{r['vs_limit']:.2f}", "≥ 0.95", r["vs_limit"] >= 0.95),
-        Figure("RPM-bound: share of calls answered 429", f"{100 * r['throttled_share']:.2f} % "
-               f"({r['throttled']} of {r['calls']})", "≤ 1 %", r["throttled_share"] <= 0.01),
+        Figure(
+            "RPM-bound (3,000 RPM, 1 s window): achieved / limit",
+            f"{r['achieved_rpm']:.0f} RPM = {r['vs_limit']:.2f}",
+            "≥ 0.95",
+            r["vs_limit"] >= 0.95,
+        ),
+        Figure(
+            "RPM-bound: share of calls answered 429",
+            f"{100 * r['throttled_share']:.2f} % ({r['throttled']} of {r['calls']})",
+            "≤ 1 %",
+            r["throttled_share"] <= 0.01,
+        ),
     ]
 
 
 def ingestion(scale: float) -> list[Figure]:
     r = large_file.measure(int(50_000 * scale), 4.0)
     return [
-        Figure(f"ingestion: {r['lines']:,} lines / {r['mb']:.0f} MB, upload + validation",
-               f"{r['upload_s']:.1f} s + {r['validate_s']:.1f} s", "", None),
-        Figure("ingestion: server peak RSS", f"{r['rss_peak_mb']:.0f} MiB (idle {r['rss_idle_mb']:.0f})",
-               "≤ 300 MiB", r["rss_peak_mb"] <= 300),
+        Figure(
+            f"ingestion: {r['lines']:,} lines / {r['mb']:.0f} MB, upload + validation",
+            f"{r['upload_s']:.1f} s + {r['validate_s']:.1f} s",
+            "",
+            None,
+        ),
+        Figure(
+            "ingestion: server peak RSS",
+            f"{r['rss_peak_mb']:.0f} MiB (idle {r['rss_idle_mb']:.0f})",
+            "≤ 300 MiB",
+            r["rss_peak_mb"] <= 300,
+        ),
     ]
 
 
@@ -113,8 +148,12 @@ def fairness(scale: float) -> list[Figure]:
     ratios = {name: (r["delta"][name] / total) / (w / weights) for name, w in fair_teams.WEIGHTS.items()}
     worst = max(abs(1 - x) for x in ratios.values())
     return [
-        Figure("fairness: each team's share / its weight's share (4 teams, 20 batches)",
-               ", ".join(f"{x:.2f}" for x in ratios.values()), "each 1.00 ± 0.05", worst <= 0.05),
+        Figure(
+            "fairness: each team's share / its weight's share (4 teams, 20 batches)",
+            ", ".join(f"{x:.2f}" for x in ratios.values()),
+            "each 1.00 ± 0.05",
+            worst <= 0.05,
+        ),
         Figure("fairness: throughput meanwhile / capacity", f"{r['rps'] / r['capacity']:.2f}", "", None),
     ]
 
@@ -123,14 +162,25 @@ def scale_figures(scale: float) -> list[Figure]:
     r = scale_store.measure(int(10_000 * scale), 100)
     figures = []
     for name, (full, small) in r["p50"].items():
-        figures.append(Figure(f"scale ({r['batches']:,} batches, {r['requests']:,} rows): {name} p50 / p95",
-                              f"{full:.1f} / {r['p95'][name][0]:.1f} ms ({full / small:.2f}× a small database)",
-                              "", None))
+        figures.append(
+            Figure(
+                f"scale ({r['batches']:,} batches, {r['requests']:,} rows): {name} p50 / p95",
+                f"{full:.1f} / {r['p95'][name][0]:.1f} ms ({full / small:.2f}× a small database)",
+                "",
+                None,
+            )
+        )
     return figures
 
 
-PARTS = {"latency": latency_bound, "cpu": cpu_bound, "rpm": rpm_bound, "ingestion": ingestion,
-         "fairness": fairness, "scale": scale_figures}
+PARTS = {
+    "latency": latency_bound,
+    "cpu": cpu_bound,
+    "rpm": rpm_bound,
+    "ingestion": ingestion,
+    "fairness": fairness,
+    "scale": scale_figures,
+}
 
 
 def table(figures: list[Figure]) -> str:
@@ -159,7 +209,8 @@ def main() -> None:
         RESULTS.write_text(
             f"# Benchmark results\n\n`make bench` on {stamp}: {platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}; the fake upstream, the server and the load generator share "
-            f"the cores. {time.perf_counter() - started:.0f} s in all.\n\n{text}\n")
+            f"the cores. {time.perf_counter() - started:.0f} s in all.\n\n{text}\n"
+        )
         print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
 
 

@@ -31,35 +31,49 @@ def request_line(i: int, jitter_ms: tuple[float, float] | None = None) -> dict:
     if jitter_ms is not None:
         mean, spread = jitter_ms
         content += f" @latency:{random.Random(i).uniform(mean - spread, mean + spread):.0f}"
-    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "fake-model", "messages": [{"role": "user", "content": content}], "max_tokens": 16}}
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "fake-model", "messages": [{"role": "user", "content": content}], "max_tokens": 16},
+    }
 
 
-async def bare_loop(url: str, requests: int, concurrency: int,
-                    jitter_ms: tuple[float, float] | None = None) -> tuple[float, float]:
+async def bare_loop(
+    url: str, requests: int, concurrency: int, jitter_ms: tuple[float, float] | None = None
+) -> tuple[float, float]:
     """(requests/s, CPU ms per request) of a plain aiohttp client doing the same calls, no gateway."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def worker() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
                 body = request_line(i, jitter_ms)["body"]
                 async with session.post(url + "/chat/completions", json=body) as response:
                     await response.read()
+
         cpu, start = time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         return requests / elapsed, 1000 * cpu / requests
 
 
-def gateway_run(upstream_url: str, requests: int, concurrency: int, workdir: Path,
-                jitter_ms: tuple[float, float] | None = None) -> dict:
+def gateway_run(
+    upstream_url: str, requests: int, concurrency: int, workdir: Path, jitter_ms: tuple[float, float] | None = None
+) -> dict:
     config = {
-        "models": [{"name": "fake-model", "deployments": [{
-            "provider": "openai", "base_url": upstream_url, "api_key": "k", "max_concurrency": concurrency}]}],
+        "models": [
+            {
+                "name": "fake-model",
+                "deployments": [
+                    {"provider": "openai", "base_url": upstream_url, "api_key": "k", "max_concurrency": concurrency}
+                ],
+            }
+        ],
     }
     input_path = workdir / "input.jsonl"
     with open(input_path, "w") as fh:
@@ -71,20 +85,25 @@ def gateway_run(upstream_url: str, requests: int, concurrency: int, workdir: Pat
         file = client.files.create(file=input_path.open("rb"), purpose="batch")
         cpu_before = cpu_seconds(server.pid)
         start = time.perf_counter()
-        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
         _, validating_s = wait_status(client, batch.id, ("in_progress", "finalizing", "completed"), 120)
         # Running alone: from in_progress to the first sight of finalizing (validation and the
         # writing of the result files left out), to within the 0.1 s polling interval.
-        batch, running_s = wait_status(client, batch.id, ("finalizing", "completed", "failed", "expired", "cancelled"),
-                                       600)
+        batch, running_s = wait_status(
+            client, batch.id, ("finalizing", "completed", "failed", "expired", "cancelled"), 600
+        )
         batch, _ = wait_status(client, batch.id, ("completed", "failed", "expired", "cancelled"), 600)
         elapsed = time.perf_counter() - start
         cpu = cpu_seconds(server.pid) - cpu_before
         assert batch.status == "completed" and batch.request_counts.completed == requests, batch
-        return {"seconds": elapsed, "validating_s": validating_s, "rps": requests / elapsed,
-                "running_rps": requests / running_s,
-                "cpu_per_request_ms": 1000 * cpu / requests, "rss_mb": peak_rss_mb(server.pid)}
+        return {
+            "seconds": elapsed,
+            "validating_s": validating_s,
+            "rps": requests / elapsed,
+            "running_rps": requests / running_s,
+            "cpu_per_request_ms": 1000 * cpu / requests,
+            "rss_mb": peak_rss_mb(server.pid),
+        }
     finally:
         server.stop()
 
@@ -103,15 +122,21 @@ def main() -> None:
             gateway = gateway_run(upstream.url, args.requests, args.concurrency, Path(tmp))
     finally:
         upstream.stop()
-    print(f"\nthroughput: {args.requests} requests, upstream latency {args.latency_ms:g} ms, "
-          f"max_concurrency {args.concurrency}")
+    print(
+        f"\nthroughput: {args.requests} requests, upstream latency {args.latency_ms:g} ms, "
+        f"max_concurrency {args.concurrency}"
+    )
     print(f"{'':32}{'req/s':>10}{'vs limit':>10}{'vs bare':>10}")
     print(f"{'theoretical limit':32}{limit:>10.1f}{1:>10.2f}{limit / bare:>10.2f}")
     print(f"{'bare aiohttp loop':32}{bare:>10.1f}{bare / limit:>10.2f}{1:>10.2f}")
-    print(f"{'batchgate (create→completed)':32}{gateway['rps']:>10.1f}{gateway['rps'] / limit:>10.2f}"
-          f"{gateway['rps'] / bare:>10.2f}")
-    print(f"gateway CPU per request: {gateway['cpu_per_request_ms']:.2f} ms; "
-          f"validation {gateway['validating_s']:.2f} s; server peak RSS {gateway['rss_mb']:.0f} MiB")
+    print(
+        f"{'batchgate (create→completed)':32}{gateway['rps']:>10.1f}{gateway['rps'] / limit:>10.2f}"
+        f"{gateway['rps'] / bare:>10.2f}"
+    )
+    print(
+        f"gateway CPU per request: {gateway['cpu_per_request_ms']:.2f} ms; "
+        f"validation {gateway['validating_s']:.2f} s; server peak RSS {gateway['rss_mb']:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -131,9 +131,7 @@ def count_tokens(text: str) -> int:
 def fake_embedding(text: str) -> list[float]:
     """A deterministic unit-free vector in [-1, 1) derived from ``text``."""
     digest = hashlib.blake2b(text.encode(), digest_size=4 * EMBEDDING_DIM).digest()
-    return [
-        round(int.from_bytes(digest[i : i + 4], "little") / 2**31 - 1.0, 6) for i in range(0, len(digest), 4)
-    ]
+    return [round(int.from_bytes(digest[i : i + 4], "little") / 2**31 - 1.0, 6) for i in range(0, len(digest), 4)]
 
 
 @dataclass(slots=True)
@@ -302,11 +300,7 @@ def _chat(body: dict[str, Any], n: int, model: str) -> dict[str, Any]:
     messages = body.get("messages") or []
     texts = [_text_of(m.get("content")) for m in messages if isinstance(m, dict)]
     last_user = next(
-        (
-            _text_of(m.get("content"))
-            for m in reversed(messages)
-            if isinstance(m, dict) and m.get("role") == "user"
-        ),
+        (_text_of(m.get("content")) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
         "",
     )
     answer = "echo: " + last_user
@@ -338,9 +332,7 @@ def _completion(body: dict[str, Any], n: int, model: str) -> dict[str, Any]:
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": i, "text": a, "logprobs": None, "finish_reason": "stop"} for i, a in enumerate(answers)
-        ],
+        "choices": [{"index": i, "text": a, "logprobs": None, "finish_reason": "stop"} for i, a in enumerate(answers)],
         "usage": _chat_usage("".join(prompts), "".join(answers)),
     }
 
@@ -663,9 +655,7 @@ class FakeUpstream:
     @staticmethod
     def _json(stats: _Stats, status: int, payload: dict[str, Any], headers: dict[str, str]) -> web.Response:
         stats.count(str(status))
-        return web.Response(
-            status=status, body=_dumps(payload), content_type="application/json", headers=headers
-        )
+        return web.Response(status=status, body=_dumps(payload), content_type="application/json", headers=headers)
 
     async def _endless(self, request: web.Request, stats: _Stats, headers: dict[str, str]) -> web.StreamResponse:
         """A 200 whose JSON body never closes: chunks until the client hangs up (or we stop)."""
@@ -702,9 +692,7 @@ class FakeUpstream:
             settings = _loads(await request.read() or b"{}")
             current = self.control(**settings)
         except (ValueError, TypeError) as exc:
-            return web.Response(
-                status=400, body=_dumps(_error_body(400, str(exc))), content_type="application/json"
-            )
+            return web.Response(status=400, body=_dumps(_error_body(400, str(exc))), content_type="application/json")
         return web.Response(body=_dumps(current), content_type="application/json")
 
     async def _handle_stats(self, request: web.Request) -> web.Response:

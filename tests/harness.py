@@ -178,9 +178,7 @@ class ServerProcess:
             while True:
                 if self.proc is None or self.proc.poll() is not None:
                     code = None if self.proc is None else self.proc.returncode
-                    raise AssertionError(
-                        f"batchgate exited (code {code}) before ready; log:\n{self.log_tail()}"
-                    )
+                    raise AssertionError(f"batchgate exited (code {code}) before ready; log:\n{self.log_tail()}")
                 try:
                     if client.get(f"{self.url}/health").status_code == 200:
                         return self

@@ -15,8 +15,12 @@ ROLE, PASSWORD = "bg", "bg"
 
 
 def _psql(sql: str, database: str = "postgres") -> None:
-    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database,
-                    "-c", sql], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 class PostgresCluster:
@@ -31,8 +35,11 @@ class PostgresCluster:
         self.started_here = False
 
     def _ctl(self, action: str, *options: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *options, self.version, "main", action],
-                              capture_output=True, timeout=120)
+        return subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", *options, self.version, "main", action],
+            capture_output=True,
+            timeout=120,
+        )
 
     def is_running(self) -> bool:
         return self._ctl("status").returncode == 0
@@ -79,8 +86,10 @@ class PostgresCluster:
             if result.returncode != 0:
                 raise RuntimeError(f"pg_ctlcluster start failed: {result.stderr.decode()[-500:]}")
             self.started_here = True
-        _psql(f"DO $$ BEGIN CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}' CREATEDB; "
-              "EXCEPTION WHEN duplicate_object THEN NULL; END $$;")
+        _psql(
+            f"DO $$ BEGIN CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}' CREATEDB; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+        )
         return self
 
     def new_database(self) -> str:

@@ -22,13 +22,19 @@ class MotoS3Process:
     @property
     def env(self) -> dict[str, str]:
         """The standard AWS variables pointing at this server (what batchgate and boto3 read)."""
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
 
     def start(self) -> MotoS3Process:
         server = Path(sys.executable).parent / "moto_server"
-        self._process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            [str(server), "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         poll_until(self._answers, timeout=30, message="moto_server did not start")
         httpx.put(f"{self.url}/{BUCKET}").raise_for_status()  # create the bucket (path style)
         return self
@@ -42,8 +48,9 @@ class MotoS3Process:
     def keys(self, prefix: str = "") -> list[str]:
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                              aws_access_key_id="test", aws_secret_access_key="test")
+        client = boto3.client(
+            "s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+        )
         listing = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
         return sorted(item["Key"] for item in listing.get("Contents", []))
 

@@ -129,8 +129,10 @@ class DeploymentConfig(_Strict):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {value!r}")
         if parts.username is not None or parts.password is not None:
-            raise ValueError("base_url must not carry user:password@; put the upstream's credential in "
-                             "api_key (sent as 'Authorization: Bearer')")
+            raise ValueError(
+                "base_url must not carry user:password@; put the upstream's credential in "
+                "api_key (sent as 'Authorization: Bearer')"
+            )
         return value
 
     @model_validator(mode="after")
@@ -176,8 +178,9 @@ class EngineConfig(_Strict):
     @model_validator(mode="after")
     def _lease_outlives_renewals(self) -> EngineConfig:
         if self.capacity_lease_s < 2 * self.capacity_interval_s:
-            raise ValueError("capacity_lease_s must be at least twice capacity_interval_s "
-                             "(a lease must survive a late renewal)")
+            raise ValueError(
+                "capacity_lease_s must be at least twice capacity_interval_s (a lease must survive a late renewal)"
+            )
         return self
 
 
@@ -326,9 +329,11 @@ def check_bind_is_safe(settings: Settings, host: str) -> None:
     if admin_key is None:
         _refuse_proxied_open_mode(settings)
     elif any(c.isspace() for c in admin_key):  # never echo the key: this message reaches logs
-        raise ConfigError("the admin key (auth.admin_key or BATCHGATE_ADMIN_KEY) contains whitespace (a space, tab "
-                          "or line break) inside it: a client sends it as one 'Authorization: Bearer <key>' token, "
-                          "so it could never match")
+        raise ConfigError(
+            "the admin key (auth.admin_key or BATCHGATE_ADMIN_KEY) contains whitespace (a space, tab "
+            "or line break) inside it: a client sends it as one 'Authorization: Bearer <key>' token, "
+            "so it could never match"
+        )
     elif len(admin_key) < MIN_EXPOSED_ADMIN_KEY_CHARS and not is_loopback(host):
         raise ConfigError(
             f"refusing to listen on {host} with an admin key of {len(admin_key)} characters: off loopback it "
@@ -337,9 +342,14 @@ def check_bind_is_safe(settings: Settings, host: str) -> None:
 
 
 def _refuse_proxied_open_mode(settings: Settings) -> None:
-    sources = [name for name, value in (("server.forwarded_allow_ips", settings.server.forwarded_allow_ips),
-                                        ("FORWARDED_ALLOW_IPS", os.environ.get("FORWARDED_ALLOW_IPS")))
-               if value]
+    sources = [
+        name
+        for name, value in (
+            ("server.forwarded_allow_ips", settings.server.forwarded_allow_ips),
+            ("FORWARDED_ALLOW_IPS", os.environ.get("FORWARDED_ALLOW_IPS")),
+        )
+        if value
+    ]
     if sources:
         raise ConfigError(
             f"refusing open local mode (no admin key) behind a reverse proxy ({' and '.join(sources)} set): "

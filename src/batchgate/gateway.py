@@ -65,15 +65,21 @@ def open_blobs(url: str, s3: S3Settings | None = None) -> BlobStore:
 
 
 @asynccontextmanager
-async def open_gateway(settings: Settings, *, run_engine: bool = True,
-                       on_batch_done: Callable[[str], None] | None = None) -> AsyncIterator[Gateway]:
+async def open_gateway(
+    settings: Settings, *, run_engine: bool = True, on_batch_done: Callable[[str], None] | None = None
+) -> AsyncIterator[Gateway]:
     database = create_engine(settings.storage.database)
     store = Store(database)
     try:
         await upgrade_to_head(database)
         blobs = open_blobs(settings.storage.files, settings.storage.s3)
-        engine = (Engine(settings, store, blobs, single_node=is_sqlite(settings.storage.database),
-                         on_batch_done=on_batch_done) if run_engine else None)
+        engine = (
+            Engine(
+                settings, store, blobs, single_node=is_sqlite(settings.storage.database), on_batch_done=on_batch_done
+            )
+            if run_engine
+            else None
+        )
         gateway = Gateway(settings, store, blobs, engine, token_secret=await store.gateway_secret("pagination"))
         if engine is not None:
             await engine.start()
@@ -93,5 +99,8 @@ async def _stop_within(engine: Engine, timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
             await engine.stop()
     except TimeoutError:
-        log.error("the engine did not stop within %gs (engine.stop_timeout_s); exiting anyway: requests it "
-                  "still held run again when their leases expire", timeout_s)
+        log.error(
+            "the engine did not stop within %gs (engine.stop_timeout_s); exiting anyway: requests it "
+            "still held run again when their leases expire",
+            timeout_s,
+        )

@@ -17,8 +17,16 @@ from tests.harness import FakeUpstreamProcess, ServerProcess, poll_until, runnin
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN_KEY = "sk-admin-browser-tests"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DESKTOP = {"width": 1280, "height": 800}
 
 
@@ -37,8 +45,14 @@ def _wait_for_background_install() -> None:
     if os.path.exists(CHROMIUM) or not started.exists():
         return
     log = INSTALL_MARKS / "chromium-install.log"
-    poll_until(done.exists, 900, interval=1, message=lambda: f"chromium's install has not finished:\n"
-               f"{log.read_text(errors='replace') if log.exists() else ''}")
+    poll_until(
+        done.exists,
+        900,
+        interval=1,
+        message=lambda: (
+            f"chromium's install has not finished:\n{log.read_text(errors='replace') if log.exists() else ''}"
+        ),
+    )
 
 
 # Module scope, not session: the sync API runs an event loop in the main thread while it lives, and
@@ -81,8 +95,9 @@ def console(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPat
     """A gateway with an admin key and two teams, each with a key."""
     config = single_model_config(fake_upstream.url, max_concurrency=8)
     config["models"][0]["price"] = {"input_per_mtok": 2.5, "output_per_mtok": 10.0}
-    with running_server(config, workdir=tmp_path_factory.mktemp("console"),
-                        env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}) as server:
+    with running_server(
+        config, workdir=tmp_path_factory.mktemp("console"), env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}
+    ) as server:
         admin = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
         keys = []
         for team in ("research", "other"):
@@ -100,8 +115,12 @@ def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and "404" not in msg.text
-            and "401" not in msg.text else None)
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text) if msg.type == "error" and "404" not in msg.text and "401" not in msg.text else None
+        ),
+    )
     yield page
     context.close()
     assert not errors, f"script errors in the console: {errors}"

@@ -31,8 +31,15 @@ def sign_in(page: Page, console: Console, key: str) -> None:
 def create_batch(http: httpx.Client, rows: list[dict[str, Any]], **create: Any) -> str:
     file = http.post("/v1/files", files={"file": ("input.jsonl", jsonl(*rows))}, data={"purpose": "batch"})
     file.raise_for_status()
-    batch = http.post("/v1/batches", json={"input_file_id": file.json()["id"], "endpoint": "/v1/chat/completions",
-                                           "completion_window": "24h", **create})
+    batch = http.post(
+        "/v1/batches",
+        json={
+            "input_file_id": file.json()["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            **create,
+        },
+    )
     batch.raise_for_status()
     return str(batch.json()["id"])
 
@@ -197,8 +204,11 @@ def test_screenshots_of_each_page(page: Page, console: Console, tmp_path: Path) 
     """The README's pictures (`make screenshots` writes them to docs/), taken with data on every page."""
     out = screenshot_dir(tmp_path)
     with console.http(console.team_key) as http:
-        running = create_batch(http, [chat_line(f"row{i}", f"@latency:{300 if i < 40 else 60000}") for i in range(60)],
-                               metadata={"project": "evals", "owner": "ana"})
+        running = create_batch(
+            http,
+            [chat_line(f"row{i}", f"@latency:{300 if i < 40 else 60000}") for i in range(60)],
+            metadata={"project": "evals", "owner": "ana"},
+        )
         create_batch(http, [chat_line("a", "fine"), chat_line("b", "no", model="unknown-model")])  # fails validation
         cancelled = create_batch(http, [chat_line(f"c{i}", "@latency:60000") for i in range(5)])
         http.post(f"/v1/batches/{cancelled}/cancel").raise_for_status()
@@ -211,8 +221,9 @@ def test_screenshots_of_each_page(page: Page, console: Console, tmp_path: Path) 
     page.goto(f"{console.url}/batches/{running}")
     expect(page.locator("#rate")).not_to_have_text("—")
     expect(page.locator("table.requests tbody tr").first).to_be_visible()
-    page.screenshot(path=str(out / "console-batch.png"), full_page=True,
-                    clip={"x": 0, "y": 0, "width": 1280, "height": 1200})  # down to the first requests
+    page.screenshot(
+        path=str(out / "console-batch.png"), full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": 1200}
+    )  # down to the first requests
     page.get_by_role("link", name="Files").click()
     expect(page.locator("table.files tbody tr").first).to_be_visible()
     page.screenshot(path=str(out / "console-files.png"))
@@ -222,8 +233,13 @@ def test_screenshots_of_each_page(page: Page, console: Console, tmp_path: Path) 
     page.get_by_role("link", name="Admin").click()
     expect(page.locator("table.spend")).to_be_visible()
     page.screenshot(path=str(out / "console-admin.png"))
-    for name in ("console-batches.png", "console-batch.png", "console-files.png", "console-deployments.png",
-                 "console-admin.png"):
+    for name in (
+        "console-batches.png",
+        "console-batch.png",
+        "console-files.png",
+        "console-deployments.png",
+        "console-admin.png",
+    ):
         assert (out / name).stat().st_size > 10_000, name
     with console.http(console.team_key) as http:
         http.post(f"/v1/batches/{running}/cancel").raise_for_status()

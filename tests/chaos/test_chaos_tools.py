@@ -35,6 +35,7 @@ def test_fault_plan_has_exact_counts_and_is_reproducible() -> None:
 
 async def test_answers_repeated_counts_work_the_upstream_did_twice() -> None:
     async with FakeUpstream() as fake, httpx.AsyncClient(base_url=fake.url, timeout=10) as client:
+
         def chat(text: str) -> dict[str, Any]:
             return {"model": "m", "messages": [{"role": "user", "content": text}]}
 
@@ -60,8 +61,11 @@ async def test_verifying_store_accepts_the_recorded_bytes_only(tmp_path: Path) -
         return b"".join([chunk async for chunk in verified.iter_chunks("k", 4096)])
 
     assert await read_back(content) == content
-    for damaged, says in ((content[:-7], "truncated"), (content + b"x\n", "more than"),
-                          (content.replace(b"line 7\n", b"LINE 7\n"), "sha256")):
+    for damaged, says in (
+        (content[:-7], "truncated"),
+        (content + b"x\n", "more than"),
+        (content.replace(b"line 7\n", b"LINE 7\n"), "sha256"),
+    ):
         with pytest.raises(BlobMismatch, match=says):
             await read_back(damaged)
     (tmp_path / "other").write_bytes(b"unchecked")
@@ -69,12 +73,15 @@ async def test_verifying_store_accepts_the_recorded_bytes_only(tmp_path: Path) -
     assert b"".join([c async for c in passthrough.iter_chunks("other")]) == b"unchecked"
 
 
-@pytest.mark.parametrize(("exc", "status", "code"), [
-    (OSError(errno.ENOSPC, "No space left on device"), 507, "storage_full"),
-    (OSError(errno.EDQUOT, "Disk quota exceeded"), 507, "storage_full"),
-    (OSError(errno.EROFS, "Read-only file system"), 503, "storage_unavailable"),
-    (OSError(errno.EIO, "S3 upload failed: GenericError: connection refused"), 503, "storage_unavailable"),
-])
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), 507, "storage_full"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), 507, "storage_full"),
+        (OSError(errno.EROFS, "Read-only file system"), 503, "storage_unavailable"),
+        (OSError(errno.EIO, "S3 upload failed: GenericError: connection refused"), 503, "storage_unavailable"),
+    ],
+)
 def test_storage_errors_answer_5xx_naming_the_cause(exc: OSError, status: int, code: str) -> None:
     error = storage_error(exc)
     assert (error.status_code, error.code, error.error_type) == (status, code, "server_error")

@@ -84,8 +84,7 @@ def test_damaged_input_before_validation_fails_the_batch(
     with openai_client(server) as client:
         file = upload(client, CONTENT)
         spoil(blob_path(server, file.id))
-        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
         final = wait_terminal(client, batch.id)
 
         assert final.status == "failed", final
@@ -125,8 +124,7 @@ def killed_mid_run(upstream: FakeUpstreamProcess, make_server: Any, content: byt
     server = make_server(single_model_config(upstream.url, max_concurrency=1, timeout_s=60))
     with openai_client(server) as client:
         file = upload(client, content)
-        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
         poll_until(lambda: upstream.stats()["in_flight"] == 1, 20, message="the first line never reached the upstream")
         assert client.batches.retrieve(batch.id).request_counts.completed == 0
     server.kill()

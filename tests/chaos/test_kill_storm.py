@@ -45,8 +45,9 @@ class Kill:
     restart_s: float  # SIGKILL to /health answering again
 
 
-def kill_storm(server: ServerProcess, client: openai.OpenAI, batch: Batch, plan: Scale,
-               rng: random.Random) -> tuple[list[Kill], openai.OpenAI]:
+def kill_storm(
+    server: ServerProcess, client: openai.OpenAI, batch: Batch, plan: Scale, rng: random.Random
+) -> tuple[list[Kill], openai.OpenAI]:
     """SIGKILL the server at `plan.kills` random points of the run, restarting it after each.
 
     The points are random progress thresholds (then a random pause of up to 50 ms): reaching one is
@@ -56,9 +57,14 @@ def kill_storm(server: ServerProcess, client: openai.OpenAI, batch: Batch, plan:
     thresholds = sorted(rng.uniform(0.05, 0.9) * total for _ in range(plan.kills))
     kills: list[Kill] = []
     for threshold in thresholds:
-        before = wait_batch(client, batch.id, lambda b, t=threshold: b.request_counts.completed >= t
-                            or b.status in TERMINAL, timeout=plan.deadline_s, interval=0.02,
-                            what="stopped making progress")
+        before = wait_batch(
+            client,
+            batch.id,
+            lambda b, t=threshold: b.request_counts.completed >= t or b.status in TERMINAL,
+            timeout=plan.deadline_s,
+            interval=0.02,
+            what="stopped making progress",
+        )
         assert before.status not in TERMINAL, f"the batch ended before kill {len(kills) + 1}: {before}"
         time.sleep(rng.uniform(0, 0.05))  # a random moment; correctness never depends on it
         seen = client.batches.retrieve(batch.id)
@@ -115,8 +121,9 @@ def test_flaky_upstream_and_repeated_sigkill(upstream: FakeUpstreamProcess, make
     rng = random.Random(SEED)
     plan = fault_plan(plan_size.requests, SEED)
     upstream.control(latency_ms=UPSTREAM_LATENCY_MS)
-    server = make_server(single_model_config(upstream.url, max_concurrency=CONCURRENCY, timeout_s=HANG_TIMEOUT_S,
-                                             max_attempts=5))
+    server = make_server(
+        single_model_config(upstream.url, max_concurrency=CONCURRENCY, timeout_s=HANG_TIMEOUT_S, max_attempts=5)
+    )
     client = openai_client(server)
     started = time.monotonic()
     batch = submit(client, plan.rows)

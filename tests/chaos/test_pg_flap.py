@@ -98,13 +98,24 @@ def thresholds(plan: FlapScale, rng: random.Random) -> list[int]:
     return [int(plan.requests * (0.1 + width * (k + rng.uniform(0.2, 0.8)))) for k in range(plan.outages)]
 
 
-def flap(postgres: PostgresCluster, upstream: FakeUpstreamProcess, client: openai.OpenAI, batch: Batch,
-         plan: FlapScale, rng: random.Random) -> list[Outage]:
+def flap(
+    postgres: PostgresCluster,
+    upstream: FakeUpstreamProcess,
+    client: openai.OpenAI,
+    batch: Batch,
+    plan: FlapScale,
+    rng: random.Random,
+) -> list[Outage]:
     """Stop and start the cluster once per threshold, each time while results are being stored."""
     outages: list[Outage] = []
     for index, threshold in enumerate(thresholds(plan, rng)):
-        seen = wait_batch_tolerant(client, batch.id, lambda b, t=threshold: b.request_counts.completed >= t
-                                   or b.status in TERMINAL, plan.deadline_s, "stopped making progress")
+        seen = wait_batch_tolerant(
+            client,
+            batch.id,
+            lambda b, t=threshold: b.request_counts.completed >= t or b.status in TERMINAL,
+            plan.deadline_s,
+            "stopped making progress",
+        )
         assert seen.status not in TERMINAL, f"the batch ended before outage {index + 1}: {seen}"
         in_flight = upstream.stats()["in_flight"]
         mode = MODES[index % len(MODES)]
@@ -114,8 +125,16 @@ def flap(postgres: PostgresCluster, upstream: FakeUpstreamProcess, client: opena
             stopped = time.monotonic()
             time.sleep(down_for)  # the fault itself: the database stays away this long (not synchronisation)
             starting = time.monotonic()
-        outages.append(Outage(mode, seen.request_counts.completed, in_flight, stopped - started, starting - started,
-                              time.monotonic() - starting))
+        outages.append(
+            Outage(
+                mode,
+                seen.request_counts.completed,
+                in_flight,
+                stopped - started,
+                starting - started,
+                time.monotonic() - starting,
+            )
+        )
     return outages
 
 
@@ -141,11 +160,13 @@ def test_results_survive_postgresql_stopped_and_started_under_a_running_batch(
     plan = FLAP_SCALES[scale().name]
     rng = random.Random(SEED)
     upstream.control(latency_ms=UPSTREAM_LATENCY_MS)
-    server: ServerProcess = make_server({
-        "storage": {"database": postgres.new_database()},
-        "models": [upstream_model_config(upstream.url, max_concurrency=CONCURRENCY)],
-        "engine": ENGINE,  # quick retries; the default 60 s lease outlives every outage
-    })
+    server: ServerProcess = make_server(
+        {
+            "storage": {"database": postgres.new_database()},
+            "models": [upstream_model_config(upstream.url, max_concurrency=CONCURRENCY)],
+            "engine": ENGINE,  # quick retries; the default 60 s lease outlives every outage
+        }
+    )
     # The content names the line, so an answer can only match its own request.
     rows = [chat_line(f"flap-{i:05d}", f"flap line {i} of {plan.requests}") for i in range(plan.requests)]
     client = openai_client(server, timeout=10.0)
@@ -155,8 +176,9 @@ def test_results_survive_postgresql_stopped_and_started_under_a_running_batch(
         outages = flap(postgres, upstream, client, batch, plan, rng)
     finally:
         postgres.resume()  # whatever failed: later tests share the cluster
-    final = wait_batch_tolerant(client, batch.id, lambda b: b.status in TERMINAL, plan.deadline_s,
-                                "never ended after the outages")
+    final = wait_batch_tolerant(
+        client, batch.id, lambda b: b.status in TERMINAL, plan.deadline_s, "never ended after the outages"
+    )
     elapsed = time.monotonic() - started
     log = server.log_text()
     tracebacks = traceback_lines(log)
@@ -181,19 +203,34 @@ def test_results_survive_postgresql_stopped_and_started_under_a_running_batch(
         assert_echoed(by_id[row["custom_id"]], row)
 
     assert tracebacks <= TRACEBACKS_PER_OUTAGE * plan.outages, (
-        f"{tracebacks} tracebacks in {len(log.encode())} bytes of log for {plan.outages} outages")
+        f"{tracebacks} tracebacks in {len(log.encode())} bytes of log for {plan.outages} outages"
+    )
     assert_outage_logged(log)
 
 
-def report(plan: FlapScale, outages: list[Outage], final: Batch, elapsed: float, out: int, err: int,
-           unstorable: int, tracebacks: int, log_bytes: int) -> None:
-    points = ", ".join(f"{o.at_completed} ({o.mode}, {o.in_flight} in flight, stop {o.stop_s:.1f}s, "
-                       f"down {o.down_s:.1f}s, start {o.start_s:.1f}s)" for o in outages)
-    REPORT.extend([
-        f"PostgreSQL flap ({plan.name}): {plan.requests} requests, {len(outages)} stop/start outages, "
-        f"{final.status} in {elapsed:.1f}s",
-        f"  stopped at completed = {points}",
-        f"  request_counts {final.request_counts.model_dump()}; {out} output lines, {err} error lines "
-        f"({unstorable} result_unstorable)",
-        f"  server log: {log_bytes} bytes, {tracebacks} lines with 'Traceback'",
-    ])  # printed in the terminal summary (tests/chaos/conftest.py)
+def report(
+    plan: FlapScale,
+    outages: list[Outage],
+    final: Batch,
+    elapsed: float,
+    out: int,
+    err: int,
+    unstorable: int,
+    tracebacks: int,
+    log_bytes: int,
+) -> None:
+    points = ", ".join(
+        f"{o.at_completed} ({o.mode}, {o.in_flight} in flight, stop {o.stop_s:.1f}s, "
+        f"down {o.down_s:.1f}s, start {o.start_s:.1f}s)"
+        for o in outages
+    )
+    REPORT.extend(
+        [
+            f"PostgreSQL flap ({plan.name}): {plan.requests} requests, {len(outages)} stop/start outages, "
+            f"{final.status} in {elapsed:.1f}s",
+            f"  stopped at completed = {points}",
+            f"  request_counts {final.request_counts.model_dump()}; {out} output lines, {err} error lines "
+            f"({unstorable} result_unstorable)",
+            f"  server log: {log_bytes} bytes, {tracebacks} lines with 'Traceback'",
+        ]
+    )  # printed in the terminal summary (tests/chaos/conftest.py)

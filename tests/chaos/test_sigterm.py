@@ -45,8 +45,9 @@ def test_sigterm_mid_run_exits_zero_then_the_batch_completes_once(
     server = make_server(single_model_config(upstream.url, max_concurrency=8))
     client = openai_client(server)
     batch = submit(client, rows)
-    before = wait_batch(client, batch.id, lambda b: b.request_counts.completed >= 8, timeout=20,
-                        what="made no progress before SIGTERM")
+    before = wait_batch(
+        client, batch.id, lambda b: b.request_counts.completed >= 8, timeout=20, what="made no progress before SIGTERM"
+    )
     assert upstream.stats()["in_flight"] > 0, "nothing in flight: SIGTERM would test nothing"
     client.close()
 
@@ -70,8 +71,10 @@ def test_sigterm_mid_run_exits_zero_then_the_batch_completes_once(
         out, _ = result_files(client, final, rows)  # every custom_id exactly once
         for row in rows:
             assert_echoed(out[row["custom_id"]], row)
-    REPORT.append(f"SIGTERM drain: exit status {code} after {took:.2f}s, {stored}/{len(rows)} results stored, "
-                  "the rest handed back and completed after the restart")
+    REPORT.append(
+        f"SIGTERM drain: exit status {code} after {took:.2f}s, {stored}/{len(rows)} results stored, "
+        "the rest handed back and completed after the restart"
+    )
 
 
 def test_sigterm_exit_status_is_zero(upstream: FakeUpstreamProcess, make_server: Any) -> None:

@@ -60,8 +60,11 @@ def listed_ids(client: openai.OpenAI) -> set[str]:
 
 def stuck_in_finalizing(client: openai.OpenAI, server: ServerProcess, batch_id: str, total: int) -> Batch:
     """Every request answered, the result files refused by the storage: the batch waits in `finalizing`."""
-    poll_until(lambda: FINALIZE_FAILED in server.log_text(), 30,
-               message=lambda: f"no failed finalisation logged:\n{server.log_tail()}")
+    poll_until(
+        lambda: FINALIZE_FAILED in server.log_text(),
+        30,
+        message=lambda: f"no failed finalisation logged:\n{server.log_tail()}",
+    )
     batch = client.batches.retrieve(batch_id)
     assert batch.status == "finalizing", batch
     assert batch.request_counts.model_dump() == {"total": total, "completed": total, "failed": 0}
@@ -137,8 +140,11 @@ def test_full_files_directory(upstream: FakeUpstreamProcess, files_fs: Tmpfs, ma
     stuck_in_finalizing(client, server, batch.id, len(rows))
     # The lifecycle retries the finalisation every tick, so a retry's part can exist for a moment;
     # a part that a failed attempt leaves behind never goes away.
-    poll_until(lambda: files_fs.names() == {input_file.id}, 10,
-               message=lambda: f"a failed finalisation left a part behind: {files_fs.names()}")
+    poll_until(
+        lambda: files_fs.names() == {input_file.id},
+        10,
+        message=lambda: f"a failed finalisation left a part behind: {files_fs.names()}",
+    )
 
     files_fs.unfill()
     final = completes_with_all_results(client, batch.id, rows)

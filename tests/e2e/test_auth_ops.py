@@ -92,8 +92,9 @@ def test_metrics_is_prometheus_text(open_server: ServerProcess) -> None:
     text = response.text
     assert "batchgate_" in text
     assert "# TYPE batchgate_" in text
-    assert any(line.startswith("batchgate_files_uploaded_total ") and float(line.split()[1]) >= 1
-               for line in text.splitlines()), text[:2000]
+    assert any(
+        line.startswith("batchgate_files_uploaded_total ") and float(line.split()[1]) >= 1 for line in text.splitlines()
+    ), text[:2000]
 
 
 def test_models_lists_configured_names(open_server: ServerProcess) -> None:
@@ -121,8 +122,11 @@ def test_open_mode_refuses_pages_from_other_sites(open_server: ServerProcess) ->
     assert_error(httpx.get(url, headers={"Origin": "null"}), 403, code="foreign_origin")  # sandboxed frame
     # The machine's own names and the console's own pages pass.
     port = open_server.url.rsplit(":", 1)[1]
-    for host, origin in [("localhost", None), (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"),
-                         (f"[::1]:{port}", f"http://localhost:{port}")]:
+    for host, origin in [
+        ("localhost", None),
+        (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"),
+        (f"[::1]:{port}", f"http://localhost:{port}"),
+    ]:
         headers = {"Host": host, **({"Origin": origin} if origin else {})}
         assert httpx.get(url, headers=headers).status_code == 200, headers
     assert httpx.get(f"{open_server.url}/health", headers={"Host": "attacker.example"}).status_code == 200
@@ -132,26 +136,49 @@ def test_open_mode_matches_host_and_origin_exactly(open_server: ServerProcess) -
     url = f"{open_server.base_url}/batches"
     port = int(open_server.url.rsplit(":", 1)[1])
     # A userinfo prefix, another port or a longer name is another site, however urlsplit reads it.
-    for host in ["evil.example@127.0.0.1", f"evil.example@127.0.0.1:{port}", f"127.0.0.1:{port + 1}",
-                 f"localhost:{port}@evil.example", "127.0.0.1.evil.example", f"[::1]:{port + 1}"]:
+    for host in [
+        "evil.example@127.0.0.1",
+        f"evil.example@127.0.0.1:{port}",
+        f"127.0.0.1:{port + 1}",
+        f"localhost:{port}@evil.example",
+        "127.0.0.1.evil.example",
+        f"[::1]:{port + 1}",
+    ]:
         assert_error(httpx.get(url, headers={"Host": host}), 403, code="foreign_origin")
     # A page served by another local program (another port, https, a path, userinfo) is another site.
-    for origin in [f"http://127.0.0.1:{port + 1}", f"http://localhost:{port + 1}", "http://localhost",
-                   f"https://localhost:{port}", f"http://evil.example@localhost:{port}", f"http://[::1]:{port}/x",
-                   f"http://127.0.0.1:{port}.evil.example"]:
+    for origin in [
+        f"http://127.0.0.1:{port + 1}",
+        f"http://localhost:{port + 1}",
+        "http://localhost",
+        f"https://localhost:{port}",
+        f"http://evil.example@localhost:{port}",
+        f"http://[::1]:{port}/x",
+        f"http://127.0.0.1:{port}.evil.example",
+    ]:
         assert_error(httpx.get(url, headers={"Origin": origin}), 403, code="foreign_origin")
-    for host, origin in [(f"localhost:{port}", f"http://[::1]:{port}"), ("[::1]", f"http://localhost:{port}"),
-                         ("127.0.0.1", None)]:
+    for host, origin in [
+        (f"localhost:{port}", f"http://[::1]:{port}"),
+        ("[::1]", f"http://localhost:{port}"),
+        ("127.0.0.1", None),
+    ]:
         headers = {"Host": host, **({"Origin": origin} if origin else {})}
         assert httpx.get(url, headers=headers).status_code == 200, headers
 
 
-@pytest.mark.parametrize(("header", "value"), [("Forwarded", "for=203.0.113.7"), ("X-Forwarded-For", "203.0.113.7"),
-                                               ("X-Forwarded-Host", "gateway.example"), ("X-Real-IP", "203.0.113.7")])
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Forwarded", "for=203.0.113.7"),
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("X-Forwarded-Host", "gateway.example"),
+        ("X-Real-IP", "203.0.113.7"),
+    ],
+)
 def test_open_mode_refuses_requests_through_a_proxy(open_server: ServerProcess, header: str, value: str) -> None:
     """A reverse proxy in front of an open server would give every caller on the network admin rights."""
-    err = assert_error(httpx.get(f"{open_server.base_url}/batches", headers={header: value}), 403,
-                       code="proxied_open_mode")
+    err = assert_error(
+        httpx.get(f"{open_server.base_url}/batches", headers={header: value}), 403, code="proxied_open_mode"
+    )
     assert "admin_key" in err["message"], err
 
 
@@ -160,13 +187,16 @@ def test_a_keyed_server_serves_through_a_proxy(keyed_server: ServerProcess) -> N
     assert httpx.get(f"{keyed_server.base_url}/batches", headers=headers).status_code == 200
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/nope"),
-    ("GET", "/v1/nope"),
-    ("POST", "/v1/chat/completions"),
-    ("GET", "/v1/files/file-x/content/extra"),
-    ("GET", "/v2/files"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/nope"),
+        ("GET", "/v1/nope"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/files/file-x/content/extra"),
+        ("GET", "/v2/files"),
+    ],
+)
 def test_unknown_route_is_404_envelope(open_server: ServerProcess, method: str, path: str) -> None:
     assert_error(httpx.request(method, f"{open_server.url}{path}"), 404)
 
@@ -179,23 +209,27 @@ def test_wrong_method_is_an_error_envelope(open_server: ServerProcess) -> None:
 
 # ---------------------------------------------------------------------------- the admin key
 @pytest.mark.parametrize(("method", "path"), V1_ROUTES)
-@pytest.mark.parametrize("headers", [
-    {},
-    {"authorization": "Bearer wrong"},
-    {"authorization": f"Bearer {KEY}x"},
-    {"authorization": f"Basic {KEY}"},
-    {"authorization": KEY},
-    {"authorization": "Bearer"},
-    {"x-api-key": KEY},
-], ids=["none", "wrong", "longer", "basic", "bare", "empty", "x-api-key"])
-def test_v1_without_the_right_key_is_401(keyed_server: ServerProcess, method: str, path: str,
-                                         headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": f"Bearer {KEY}x"},
+        {"authorization": f"Basic {KEY}"},
+        {"authorization": KEY},
+        {"authorization": "Bearer"},
+        {"x-api-key": KEY},
+    ],
+    ids=["none", "wrong", "longer", "basic", "bare", "empty", "x-api-key"],
+)
+def test_v1_without_the_right_key_is_401(
+    keyed_server: ServerProcess, method: str, path: str, headers: dict[str, str]
+) -> None:
     kwargs: dict[str, Any] = {"headers": headers}
     if path == "/v1/files" and method == "POST":
         kwargs["files"] = {"file": ("a.jsonl", b"x"), "purpose": (None, "batch")}
     elif method == "POST":
-        kwargs["json"] = {"input_file_id": "file-nope", "endpoint": "/v1/chat/completions",
-                          "completion_window": "24h"}
+        kwargs["json"] = {"input_file_id": "file-nope", "endpoint": "/v1/chat/completions", "completion_window": "24h"}
     response = httpx.request(method, f"{keyed_server.url}{path}", **kwargs)
     # 401, not 404: without a key nothing reveals whether an object exists.
     assert_error(response, 401)
@@ -267,8 +301,7 @@ def test_unknown_route_on_keyed_server_is_an_envelope(keyed_server: ServerProces
 
 # ---------------------------------------------------------------------------- the safe-bind rule
 @pytest.mark.parametrize("how", ["--host 0.0.0.0", "--host ::", "config server.host 0.0.0.0"])
-def test_serve_on_all_interfaces_without_a_key_refuses(tmp_path: Path, upstream: FakeUpstreamProcess,
-                                                        how: str) -> None:
+def test_serve_on_all_interfaces_without_a_key_refuses(tmp_path: Path, upstream: FakeUpstreamProcess, how: str) -> None:
     cfg = config(upstream.url)
     port = free_port()
     args = [sys.executable, "-m", "batchgate", "serve", "--port", str(port)]
@@ -287,8 +320,9 @@ def test_serve_on_all_interfaces_without_a_key_refuses(tmp_path: Path, upstream:
 
 
 def test_serve_on_all_interfaces_with_a_key_starts(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
-    with running_server(config(upstream.url), tmp_path, env={"BATCHGATE_ADMIN_KEY": LONG_KEY},
-                        extra_args=["--host", "0.0.0.0"]) as srv:
+    with running_server(
+        config(upstream.url), tmp_path, env={"BATCHGATE_ADMIN_KEY": LONG_KEY}, extra_args=["--host", "0.0.0.0"]
+    ) as srv:
         assert httpx.get(f"{srv.url}/v1/models").status_code == 401
         assert httpx.get(f"{srv.url}/v1/models", headers={"authorization": f"Bearer {LONG_KEY}"}).status_code == 200
 
@@ -306,14 +340,16 @@ def refused_start(tmp_path: Path, cfg: dict[str, Any], env: dict[str, str], *arg
     return output
 
 
-def test_open_mode_refuses_to_start_with_forwarded_ips_in_the_environment(tmp_path: Path,
-                                                                          upstream: FakeUpstreamProcess) -> None:
+def test_open_mode_refuses_to_start_with_forwarded_ips_in_the_environment(
+    tmp_path: Path, upstream: FakeUpstreamProcess
+) -> None:
     output = refused_start(tmp_path, config(upstream.url), {"FORWARDED_ALLOW_IPS": "*"})
     assert "FORWARDED_ALLOW_IPS" in output and "admin_key" in output, output
 
 
-def test_open_mode_refuses_to_start_with_forwarded_ips_in_the_config(tmp_path: Path,
-                                                                     upstream: FakeUpstreamProcess) -> None:
+def test_open_mode_refuses_to_start_with_forwarded_ips_in_the_config(
+    tmp_path: Path, upstream: FakeUpstreamProcess
+) -> None:
     cfg = {**config(upstream.url), "server": {"forwarded_allow_ips": "127.0.0.1"}}
     output = refused_start(tmp_path, cfg, {})
     assert "proxy" in output and "admin_key" in output, output

@@ -39,9 +39,27 @@ from tests.harness import (
 )
 
 BATCH_KEYS = {
-    "id", "object", "endpoint", "model", "errors", "input_file_id", "completion_window", "status",
-    "output_file_id", "error_file_id", "created_at", "in_progress_at", "expires_at", "finalizing_at",
-    "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at", "request_counts", "usage",
+    "id",
+    "object",
+    "endpoint",
+    "model",
+    "errors",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "output_file_id",
+    "error_file_id",
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "request_counts",
+    "usage",
     "metadata",
 }
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations")
@@ -100,8 +118,9 @@ server = module_server("server", config)
 def test_create_returns_validating_batch(client: openai.OpenAI) -> None:
     f = upload(client, [chat_line("a", "hello")])
     before = int(time.time())
-    raw = client.batches.with_raw_response.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                                  completion_window="24h")
+    raw = client.batches.with_raw_response.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     assert raw.status_code == 200
     body = raw.http_response.json()
     assert set(body) >= BATCH_KEYS, BATCH_KEYS - set(body)
@@ -113,8 +132,18 @@ def test_create_returns_validating_batch(client: openai.OpenAI) -> None:
     assert body["completion_window"] == "24h"
     assert before - 1 <= body["created_at"] <= int(time.time()) + 1
     assert body["expires_at"] == body["created_at"] + 86400
-    for name in ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
-                 "cancelling_at", "cancelled_at", "output_file_id", "error_file_id", "errors"):
+    for name in (
+        "in_progress_at",
+        "finalizing_at",
+        "completed_at",
+        "failed_at",
+        "expired_at",
+        "cancelling_at",
+        "cancelled_at",
+        "output_file_id",
+        "error_file_id",
+        "errors",
+    ):
         assert body[name] is None, name
     assert body["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
     assert body["metadata"] is None
@@ -197,8 +226,9 @@ def test_mixed_outcomes_every_custom_id_exactly_once(client: openai.OpenAI) -> N
 
 
 def test_unanswered_requests_get_an_error_object(client: openai.OpenAI) -> None:
-    dead = wait_terminal(client, submit(client, [chat_line("d1", "x", model="dead-model"),
-                                                 chat_line("d2", "y", model="dead-model")]).id)
+    dead = wait_terminal(
+        client, submit(client, [chat_line("d1", "x", model="dead-model"), chat_line("d2", "y", model="dead-model")]).id
+    )
     assert dead.status == "completed"
     assert dead.request_counts is not None
     assert dead.request_counts.model_dump() == {"total": 2, "completed": 0, "failed": 2}
@@ -211,8 +241,16 @@ def test_unanswered_requests_get_an_error_object(client: openai.OpenAI) -> None:
         assert set(row["error"]) == {"code", "message"}
         assert row["error"]["code"] == "upstream_unreachable"
 
-    slow = wait_terminal(client, submit(client, [chat_line("h1", "wait @hang:1", model="impatient-model"),
-                                                 chat_line("h2", "quick", model="impatient-model")]).id)
+    slow = wait_terminal(
+        client,
+        submit(
+            client,
+            [
+                chat_line("h1", "wait @hang:1", model="impatient-model"),
+                chat_line("h2", "quick", model="impatient-model"),
+            ],
+        ).id,
+    )
     assert slow.request_counts is not None
     assert slow.request_counts.model_dump() == {"total": 2, "completed": 1, "failed": 1}
     (timed_out,) = file_lines(client, slow.error_file_id)
@@ -253,81 +291,126 @@ def input_file(server: ServerProcess) -> str:
 
 @pytest.mark.parametrize("endpoint", ["/v1/images/generations", "/v1/images/edits", "/v1/videos"])
 def test_image_and_video_endpoints_are_not_served(client: openai.OpenAI, input_file: str, endpoint: str) -> None:
-    sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint=endpoint,  # type: ignore[arg-type]
-                                            completion_window="24h"), 400, "endpoint")
+    sdk_error(
+        lambda: client.batches.create(
+            input_file_id=input_file,
+            endpoint=endpoint,  # type: ignore[arg-type]
+            completion_window="24h",
+        ),
+        400,
+        "endpoint",
+    )
 
 
 @pytest.mark.parametrize("endpoint", ["/v1/foo", "/v1/chat/completions/", "v1/embeddings", "", "/v1/files"])
 def test_unknown_endpoint_is_400(client: openai.OpenAI, input_file: str, endpoint: str) -> None:
-    sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint=endpoint,  # type: ignore[arg-type]
-                                            completion_window="24h"), 400, "endpoint")
+    sdk_error(
+        lambda: client.batches.create(
+            input_file_id=input_file,
+            endpoint=endpoint,  # type: ignore[arg-type]
+            completion_window="24h",
+        ),
+        400,
+        "endpoint",
+    )
 
 
 @pytest.mark.parametrize("window", ["25x", "0h", "h", "24", "-1h", "1.5h", "24 h", "", "24h\n", " 24h", "24h "])
 def test_bad_completion_window_is_400(client: openai.OpenAI, input_file: str, window: str) -> None:
-    sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
-                                            completion_window=window),  # type: ignore[arg-type]
-              400, "completion_window")
+    sdk_error(
+        lambda: client.batches.create(
+            input_file_id=input_file, endpoint="/v1/chat/completions", completion_window=window
+        ),  # type: ignore[arg-type]
+        400,
+        "completion_window",
+    )
 
 
 @pytest.mark.parametrize(("window", "seconds"), [("2h", 7200), ("90s", 90), ("30m", 1800), ("1d", 86400)])
-def test_completion_window_extension_is_accepted(client: openai.OpenAI, input_file: str, window: str,
-                                                 seconds: int) -> None:
-    b = client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
-                              completion_window=window)  # type: ignore[arg-type]
+def test_completion_window_extension_is_accepted(
+    client: openai.OpenAI, input_file: str, window: str, seconds: int
+) -> None:
+    b = client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions", completion_window=window)  # type: ignore[arg-type]
     assert b.completion_window == window
     assert b.expires_at == b.created_at + seconds
     assert wait_terminal(client, b.id).status == "completed"
 
 
-@pytest.mark.parametrize("metadata", [
-    {f"k{i}": "v" for i in range(17)},
-    {"k" * 65: "v"},
-    {"key": "v" * 513},
-    {"key": 5},
-    ["not", "an", "object"],
-    "a string",
-])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {f"k{i}": "v" for i in range(17)},
+        {"k" * 65: "v"},
+        {"key": "v" * 513},
+        {"key": 5},
+        ["not", "an", "object"],
+        "a string",
+    ],
+)
 def test_bad_metadata_is_400(client: openai.OpenAI, input_file: str, metadata: Any) -> None:
-    sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
-                                            completion_window="24h", metadata=metadata), 400, "metadata")
+    sdk_error(
+        lambda: client.batches.create(
+            input_file_id=input_file, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+        ),
+        400,
+        "metadata",
+    )
 
 
 def test_metadata_at_the_limits_is_accepted(client: openai.OpenAI, input_file: str) -> None:
     for metadata in ({f"k{i}": "v" for i in range(16)}, {"k" * 64: "v" * 512}):
-        b = client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
-                                  completion_window="24h", metadata=metadata)
+        b = client.batches.create(
+            input_file_id=input_file, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+        )
         assert b.metadata == metadata
         assert client.batches.retrieve(b.id).metadata == metadata
         wait_terminal(client, b.id)
 
 
 def test_unknown_input_file_is_404(client: openai.OpenAI) -> None:
-    sdk_error(lambda: client.batches.create(input_file_id="file-doesnotexist", endpoint="/v1/chat/completions",
-                                            completion_window="24h"), 404)
+    sdk_error(
+        lambda: client.batches.create(
+            input_file_id="file-doesnotexist", endpoint="/v1/chat/completions", completion_window="24h"
+        ),
+        404,
+    )
 
 
 def test_input_file_with_wrong_purpose_is_400(client: openai.OpenAI) -> None:
     f = upload(client, [chat_line("a", "b")], purpose="assistants")
-    sdk_error(lambda: client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                            completion_window="24h"), 400, "input_file_id")
+    sdk_error(
+        lambda: client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"),
+        400,
+        "input_file_id",
+    )
 
 
 def test_batch_output_file_cannot_be_an_input(client: openai.OpenAI, input_file: str) -> None:
-    done = wait_terminal(client, client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
-                                                       completion_window="24h").id)
+    done = wait_terminal(
+        client,
+        client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions", completion_window="24h").id,
+    )
     assert done.output_file_id is not None
-    sdk_error(lambda: client.batches.create(input_file_id=done.output_file_id, endpoint="/v1/chat/completions",
-                                            completion_window="24h"), 400, "input_file_id")
+    sdk_error(
+        lambda: client.batches.create(
+            input_file_id=done.output_file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        ),
+        400,
+        "input_file_id",
+    )
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"endpoint": "/v1/chat/completions", "completion_window": "24h"}, "input_file_id"),
-    ({"input_file_id": "INPUT", "completion_window": "24h"}, "endpoint"),
-    ({"input_file_id": "INPUT", "endpoint": "/v1/chat/completions"}, "completion_window"),
-])
-def test_missing_create_parameter_is_400(server: ServerProcess, input_file: str, body: dict[str, Any],
-                                         param: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"endpoint": "/v1/chat/completions", "completion_window": "24h"}, "input_file_id"),
+        ({"input_file_id": "INPUT", "completion_window": "24h"}, "endpoint"),
+        ({"input_file_id": "INPUT", "endpoint": "/v1/chat/completions"}, "completion_window"),
+    ],
+)
+def test_missing_create_parameter_is_400(
+    server: ServerProcess, input_file: str, body: dict[str, Any], param: str
+) -> None:
     body = {k: input_file if v == "INPUT" else v for k, v in body.items()}
     assert_error(httpx.post(f"{server.base_url}/batches", json=body), 400, param)
 
@@ -340,23 +423,33 @@ def test_malformed_create_body_is_400(server: ServerProcess, raw: bytes) -> None
 
 def test_output_expires_after_sets_output_expiry(client: openai.OpenAI) -> None:
     rows = [chat_line("ok", "fine"), chat_line("bad", "no @status:400:*")]
-    done = wait_terminal(client, submit(client, rows,
-                                        output_expires_after={"anchor": "created_at", "seconds": 3600}).id)
+    done = wait_terminal(
+        client, submit(client, rows, output_expires_after={"anchor": "created_at", "seconds": 3600}).id
+    )
     assert done.output_file_id and done.error_file_id
     for file_id in (done.output_file_id, done.error_file_id):
         f = client.files.retrieve(file_id)
         assert f.expires_at == f.created_at + 3600
 
 
-@pytest.mark.parametrize("value", [
-    {"anchor": "created_at", "seconds": 10},
-    {"anchor": "created_at", "seconds": 2_592_001},
-    {"anchor": "elsewhere", "seconds": 3600},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"anchor": "created_at", "seconds": 10},
+        {"anchor": "created_at", "seconds": 2_592_001},
+        {"anchor": "elsewhere", "seconds": 3600},
+    ],
+)
 def test_bad_output_expires_after_is_400(client: openai.OpenAI, input_file: str, value: dict[str, Any]) -> None:
-    err = sdk_error(lambda: client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
-                                                  completion_window="24h", output_expires_after=value),  # type: ignore[arg-type]
-                    400)
+    err = sdk_error(
+        lambda: client.batches.create(
+            input_file_id=input_file,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            output_expires_after=value,
+        ),  # type: ignore[arg-type]
+        400,
+    )
     assert isinstance(err["param"], str) and err["param"].startswith("output_expires_after"), err
 
 
@@ -367,14 +460,19 @@ def test_retrieve_and_cancel_unknown_batch_are_404(client: openai.OpenAI) -> Non
         sdk_error(lambda b=batch_id: client.batches.cancel(b), 404)
 
 
-def test_list_batches_newest_first_with_pagination(make_server: Callable[..., ServerProcess],
-                                                   upstream: FakeUpstreamProcess) -> None:
+def test_list_batches_newest_first_with_pagination(
+    make_server: Callable[..., ServerProcess], upstream: FakeUpstreamProcess
+) -> None:
     srv = make_server(config(upstream.url))
     with openai_client(srv) as c:
         assert c.batches.list().data == []
         f = upload(c, [chat_line("x", "y")])
-        created = [c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                    completion_window="24h", metadata={"n": str(i)}).id for i in range(5)]
+        created = [
+            c.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"n": str(i)}
+            ).id
+            for i in range(5)
+        ]
         newest_first = list(reversed(created))
         assert [b.id for b in c.batches.list().data] == newest_first  # default limit 20
 
@@ -398,8 +496,10 @@ def test_list_batches_newest_first_with_pagination(make_server: Callable[..., Se
         empty = c.batches.with_raw_response.list(after=created[0]).http_response.json()
         assert empty["data"] == [] and empty["has_more"] is False
         # The default page is 20.
-        created += [c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                     completion_window="24h").id for _ in range(17)]
+        created += [
+            c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id
+            for _ in range(17)
+        ]
         default = c.batches.list()
         assert [b.id for b in default.data] == list(reversed(created))[:20]
         assert default.has_more is True
@@ -426,8 +526,9 @@ def test_cancel_of_completed_batch_is_409_and_changes_nothing(client: openai.Ope
 
 def test_cancel_of_failed_batch_is_409(client: openai.OpenAI) -> None:
     f = client.files.create(file=("broken.jsonl", b"{broken\n"), purpose="batch")
-    failed = wait_terminal(client, client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                                         completion_window="24h").id)
+    failed = wait_terminal(
+        client, client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id
+    )
     assert failed.status == "failed"
     sdk_error(lambda: client.batches.cancel(failed.id), 409)
     assert client.batches.retrieve(failed.id).model_dump() == failed.model_dump()
@@ -438,9 +539,13 @@ def test_cancel_running_batch_keeps_finished_results(client: openai.OpenAI, upst
     stuck = {f"stuck-{i}": f"never answered {i} @hang:1" for i in range(4)}
     rows = [chat_line(c, t) for c, t in {**quick, **stuck}.items()]
     batch = submit(client, rows)
-    wait_batch(client, batch.id,
-               lambda b: b.status == "in_progress" and b.request_counts is not None and b.request_counts.completed == 3,
-               timeout=10, what="the quick requests never finished")
+    wait_batch(
+        client,
+        batch.id,
+        lambda b: b.status == "in_progress" and b.request_counts is not None and b.request_counts.completed == 3,
+        timeout=10,
+        what="the quick requests never finished",
+    )
     poll_until(lambda: upstream.stats()["in_flight"] >= 4, timeout=10, message="the stuck requests never started")
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling"

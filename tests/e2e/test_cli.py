@@ -86,8 +86,10 @@ def bg(*args: Any, cwd: Path, env: Mapping[str, str] | None = None, timeout: flo
         )  # fmt: skip
     except subprocess.TimeoutExpired as exc:  # killed by subprocess.run; show what it printed
         out, err = (s.decode(errors="replace") if isinstance(s, bytes) else s or "" for s in (exc.stdout, exc.stderr))
-        raise AssertionError(f"batchgate {' '.join(map(str, args))} still running after {timeout:g}s\n"
-                             f"--- stdout\n{out}\n--- stderr\n{err}") from None
+        raise AssertionError(
+            f"batchgate {' '.join(map(str, args))} still running after {timeout:g}s\n"
+            f"--- stdout\n{out}\n--- stderr\n{err}"
+        ) from None
     return Result([str(a) for a in args], proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -186,8 +188,10 @@ COMMANDS = {
     "serve": ("Run the API server with its batch engine", ["--config", "--host", "--port"]),
     "worker": ("Run the batch engine without the API", ["--config"]),
     "run": ("Run one batch file in-process", ["--output", "--errors", "--model", "--config"]),
-    "submit": ("Upload a file to a running server and start a batch", ["--endpoint", "--wait", "--download",
-                                                                         "--base-url", "--api-key"]),
+    "submit": (
+        "Upload a file to a running server and start a batch",
+        ["--endpoint", "--wait", "--download", "--base-url", "--api-key"],
+    ),
     "status": ("Show one batch", ["--base-url", "--api-key"]),
     "list": ("List batches", ["--base-url", "--api-key"]),
     "cancel": ("Cancel a batch", ["--base-url", "--api-key"]),
@@ -290,8 +294,11 @@ def test_run_missing_input_file(upstream: FakeUpstreamProcess, tmp_path: Path) -
 
 def test_run_invalid_file_reports_line_and_code(upstream: FakeUpstreamProcess, tmp_path: Path) -> None:
     write_config(tmp_path / "batchgate.yaml", run_config(upstream.url))
-    lines = [json.dumps(chat_line("first", "a")), '{"custom_id": "broken", this is not json',
-             json.dumps(chat_line("third", "c"))]
+    lines = [
+        json.dumps(chat_line("first", "a")),
+        '{"custom_id": "broken", this is not json',
+        json.dumps(chat_line("third", "c")),
+    ]
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
 
     result = bg("run", "in.jsonl", "-o", "out.jsonl", cwd=tmp_path)
@@ -384,8 +391,9 @@ def test_run_again_after_completion_and_changed_input(upstream: FakeUpstreamProc
 
 # ---------------------------------------------------------------------------- client commands
 @pytest.fixture(scope="module")
-def shared_server(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-        ServerProcess]:
+def shared_server(
+    fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     """One open-mode server for the client tests that do not care about auth."""
     config = {"models": [upstream_model_config(fake_upstream.url)], "engine": dict(ENGINE)}
     server = ServerProcess(config, workdir=tmp_path_factory.mktemp("cli-server")).start().wait_ready()

@@ -15,8 +15,11 @@ def test_a_batch_whose_model_left_the_config_is_cancelled_with_model_not_found(
     rows = [chat_line(f"r{i}", f"slow {i} @latency:300", model="retired") for i in range(20)]
     with openai_client(server) as client:
         batch = submit(client, rows)
-        poll_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1, timeout=20,
-                   message="the batch never made progress")
+        poll_until(
+            lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1,
+            timeout=20,
+            message="the batch never made progress",
+        )
     server.kill()
 
     new = {"models": [upstream_model_config(upstream.url, name="current")], "engine": dict(ENGINE)}

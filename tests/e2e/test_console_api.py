@@ -12,8 +12,9 @@ from tests.e2e.helpers import TERMINAL, jsonl, module_server, single_model_confi
 from tests.harness import ServerProcess, chat_line, openai_client, poll_until
 
 ADMIN_KEY = "sk-admin-console-api"
-server = module_server("server", lambda url: single_model_config(url, max_concurrency=4),
-                       env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY})
+server = module_server(
+    "server", lambda url: single_model_config(url, max_concurrency=4), env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}
+)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -38,10 +39,14 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
 
 
 def new_batch(http: httpx.Client, key: str, rows: list[dict[str, Any]], **create: Any) -> dict[str, Any]:
-    file = http.post("/v1/files", headers=bearer(key), files={"file": ("in.jsonl", jsonl(*rows))},
-                     data={"purpose": "batch"}).json()
-    return http.post("/v1/batches", headers=bearer(key), json={"input_file_id": file["id"],
-                     "endpoint": "/v1/chat/completions", "completion_window": "24h", **create}).json()
+    file = http.post(
+        "/v1/files", headers=bearer(key), files={"file": ("in.jsonl", jsonl(*rows))}, data={"purpose": "batch"}
+    ).json()
+    return http.post(
+        "/v1/batches",
+        headers=bearer(key),
+        json={"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h", **create},
+    ).json()
 
 
 def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -76,13 +81,21 @@ def test_a_key_is_required_when_one_is_configured(http: httpx.Client, keys: dict
 
 def test_filters_and_keyset_pages_over_250_batches(http: httpx.Client, keys: dict[str, str]) -> None:
     rows = [chat_line("a", "hi")]
-    file = http.post("/v1/files", headers=bearer(keys["beta"]), files={"file": ("in.jsonl", jsonl(*rows))},
-                     data={"purpose": "batch"}).json()
+    file = http.post(
+        "/v1/files", headers=bearer(keys["beta"]), files={"file": ("in.jsonl", jsonl(*rows))}, data={"purpose": "batch"}
+    ).json()
     made = []
     for i in range(250):
-        created = http.post("/v1/batches", headers=bearer(keys["beta"]), json={
-            "input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h",
-            "metadata": {"shard": str(i % 5), "tag": "Big" if i % 50 == 0 else "small"}})
+        created = http.post(
+            "/v1/batches",
+            headers=bearer(keys["beta"]),
+            json={
+                "input_file_id": file["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {"shard": str(i % 5), "tag": "Big" if i % 50 == 0 else "small"},
+            },
+        )
         made.append(created.json()["id"])
     seen: list[str] = []
     after = ""
@@ -95,6 +108,7 @@ def test_filters_and_keyset_pages_over_250_batches(http: httpx.Client, keys: dic
     assert seen == made[::-1]  # each once, newest first
     shard = http.get("/ui/api/batches?limit=100&metadata=shard=3", headers=bearer(keys["beta"])).json()
     assert [b["id"] for b in shard["data"]] == made[3::5][::-1]
+
     def tagged(value: str) -> list[str]:
         page = http.get("/ui/api/batches", params={"metadata": f"tag={value}"}, headers=bearer(keys["beta"])).json()
         return [b["id"] for b in page["data"]]
@@ -119,8 +133,9 @@ def test_bad_filters_answer_400_in_the_error_envelope(http: httpx.Client, keys: 
     assert error_of(http.get("/ui/api/batches?team=nobody", headers=bearer(ADMIN_KEY)), 404)["code"] == "team_not_found"
 
 
-def test_batch_detail_requests_and_result_lines(server: ServerProcess, http: httpx.Client,
-                                                keys: dict[str, str]) -> None:
+def test_batch_detail_requests_and_result_lines(
+    server: ServerProcess, http: httpx.Client, keys: dict[str, str]
+) -> None:
     rows = [chat_line(f"r{i}", f"hello {i}") for i in range(7)] + [chat_line("bad", "x @status:400")]
     batch = new_batch(http, keys["alpha"], rows, metadata={"who": "tests"})
     with openai_client(server, api_key=keys["alpha"]) as client:
@@ -146,26 +161,34 @@ def test_batch_detail_requests_and_result_lines(server: ServerProcess, http: htt
     assert ok["content"]["response"]["body"]["choices"][0]["message"]["content"] == "echo: hello 2"
     failed = http.get(f"/ui/api/batches/{batch['id']}/result?line=8", headers=auth).json()
     assert failed["file"] == "error" and failed["content"]["response"]["status_code"] == 400
-    assert error_of(http.get(f"/ui/api/batches/{batch['id']}/result?line=99", headers=auth), 404)["code"] == \
-        "result_not_found"
+    assert (
+        error_of(http.get(f"/ui/api/batches/{batch['id']}/result?line=99", headers=auth), 404)["code"]
+        == "result_not_found"
+    )
     assert error_of(http.get(f"/ui/api/batches/{batch['id']}/result", headers=auth), 400)["param"] == "line"
-    assert error_of(http.get(f"/ui/api/batches/{batch['id']}/requests?state=odd", headers=auth), 400)["param"] == \
-        "state"
+    assert (
+        error_of(http.get(f"/ui/api/batches/{batch['id']}/requests?state=odd", headers=auth), 400)["param"] == "state"
+    )
 
 
 def test_another_teams_ids_answer_404(http: httpx.Client, keys: dict[str, str]) -> None:
     batch = new_batch(http, keys["alpha"], [chat_line("x", "private")])
     other = bearer(keys["beta"])
     for path in ("", "/requests", "/result?line=1"):
-        assert error_of(http.get(f"/ui/api/batches/{batch['id']}{path}", headers=other), 404)["code"] == \
-            "batch_not_found"
+        assert (
+            error_of(http.get(f"/ui/api/batches/{batch['id']}{path}", headers=other), 404)["code"] == "batch_not_found"
+        )
     assert http.get(f"/ui/api/batches/{batch['id']}", headers=bearer(ADMIN_KEY)).status_code == 200
 
 
 def test_polled_routes_answer_304_until_something_changes(http: httpx.Client, keys: dict[str, str]) -> None:
     auth = bearer(keys["alpha"])
-    poll_until(lambda: all(b["status"] in TERMINAL for b in
-                           http.get("/ui/api/batches?limit=100", headers=auth).json()["data"]), 20)
+    poll_until(
+        lambda: all(
+            b["status"] in TERMINAL for b in http.get("/ui/api/batches?limit=100", headers=auth).json()["data"]
+        ),
+        20,
+    )
 
     def revalidated(path: str) -> bool:
         tag = http.get(path, headers=auth).headers["etag"]
@@ -182,8 +205,9 @@ def test_polled_routes_answer_304_until_something_changes(http: httpx.Client, ke
     assert changed.status_code == 200 and changed.headers["etag"] != before.headers["etag"]
 
 
-def test_deployments_report_this_engines_last_hour(server: ServerProcess, http: httpx.Client,
-                                                   keys: dict[str, str]) -> None:
+def test_deployments_report_this_engines_last_hour(
+    server: ServerProcess, http: httpx.Client, keys: dict[str, str]
+) -> None:
     batch = new_batch(http, keys["alpha"], [chat_line(f"d{i}", "load") for i in range(6)])
     with openai_client(server, api_key=keys["alpha"]) as client:
         wait_terminal(client, batch["id"])

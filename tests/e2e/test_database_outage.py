@@ -36,11 +36,13 @@ def proxied_pg(postgres: PostgresCluster) -> Iterator[tuple[str, TcpProxy]]:
 
 
 def test_api_answers_503_with_retry_after_while_the_database_is_down(
-        proxied_pg: tuple[str, TcpProxy], upstream: FakeUpstreamProcess, make_server) -> None:
+    proxied_pg: tuple[str, TcpProxy], upstream: FakeUpstreamProcess, make_server
+) -> None:
     url, proxy = proxied_pg
-    server: ServerProcess = make_server({"storage": {"database": url}, "engine": ENGINE,
-                                         "models": [upstream_model_config(upstream.url)]},
-                                        env={"BATCHGATE_ADMIN_KEY": ADMIN})
+    server: ServerProcess = make_server(
+        {"storage": {"database": url}, "engine": ENGINE, "models": [upstream_model_config(upstream.url)]},
+        env={"BATCHGATE_ADMIN_KEY": ADMIN},
+    )
     headers = {"Authorization": f"Bearer {ADMIN}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
         assert http.get("/v1/batches").status_code == 200
@@ -55,8 +57,11 @@ def test_api_answers_503_with_retry_after_while_the_database_is_down(
         ready = http.get("/ready")
         assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("error")
         proxy.restore()
-        poll_until(lambda: http.get("/v1/batches").status_code == 200, timeout=30,
-                   message="the API did not recover after the database came back")
+        poll_until(
+            lambda: http.get("/v1/batches").status_code == 200,
+            timeout=30,
+            message="the API did not recover after the database came back",
+        )
     log = server.log_text()
     assert "database unreachable" in log
     assert "Traceback" not in log

@@ -38,16 +38,23 @@ main()
 EXIT_DEADLINE_S = 30.0
 
 
-def start(tmp_path: Path, upstream: FakeUpstreamProcess, target: tuple[str, str, str], fault: str,
-          *args: str, engine: dict[str, Any] | None = None) -> tuple[subprocess.Popen[str], int]:
+def start(
+    tmp_path: Path,
+    upstream: FakeUpstreamProcess,
+    target: tuple[str, str, str],
+    fault: str,
+    *args: str,
+    engine: dict[str, Any] | None = None,
+) -> tuple[subprocess.Popen[str], int]:
     config = gateway_config(upstream_model_config(upstream.url), engine={**API_ENGINE, **(engine or {})})
     (tmp_path / "batchgate.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     command = [sys.executable, "-c", WRAPPER, *target, fault, *args]
     if args[0] == "serve":
         command += ["--port", str(port)]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=python_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     return proc, port
 
 
@@ -61,13 +68,17 @@ def finished(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, output
 
 
-@pytest.mark.parametrize(("target", "loop"), [
-    (("batchgate.engine.lifecycle", "Lifecycle", "run"), "lifecycle"),
-    (("batchgate.engine.dispatcher", "Dispatcher", "run"), "dispatcher"),
-    (("batchgate.engine.writer", "ResultWriter", "_run"), "result-writer"),
-])
-def test_serve_exits_non_zero_when_an_engine_loop_dies(tmp_path: Path, upstream: FakeUpstreamProcess,
-                                                       target: tuple[str, str, str], loop: str) -> None:
+@pytest.mark.parametrize(
+    ("target", "loop"),
+    [
+        (("batchgate.engine.lifecycle", "Lifecycle", "run"), "lifecycle"),
+        (("batchgate.engine.dispatcher", "Dispatcher", "run"), "dispatcher"),
+        (("batchgate.engine.writer", "ResultWriter", "_run"), "result-writer"),
+    ],
+)
+def test_serve_exits_non_zero_when_an_engine_loop_dies(
+    tmp_path: Path, upstream: FakeUpstreamProcess, target: tuple[str, str, str], loop: str
+) -> None:
     proc, _ = start(tmp_path, upstream, target, "raise", "serve")
     code, output = finished(proc)
     assert code == 1, output
@@ -84,8 +95,7 @@ def test_worker_exits_non_zero_when_an_engine_loop_dies(tmp_path: Path, upstream
 
 def test_a_healthy_server_keeps_running_and_answers(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
     """The wrapper itself changes nothing else: with a harmless target the server serves and stops with 0."""
-    proc, port = start(tmp_path, upstream, ("batchgate.engine.core", "Engine", "publish_activity"), "raise",
-                       "serve")
+    proc, port = start(tmp_path, upstream, ("batchgate.engine.core", "Engine", "publish_activity"), "raise", "serve")
     try:
         poll_until(lambda: _health(port), 20, message="the server never answered /health")
         assert proc.poll() is None
@@ -97,8 +107,14 @@ def test_a_healthy_server_keeps_running_and_answers(tmp_path: Path, upstream: Fa
 
 
 def test_a_stop_that_hangs_is_cut_off_after_stop_timeout(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
-    proc, port = start(tmp_path, upstream, ("batchgate.engine.writer", "ResultWriter", "stop"), "hang", "serve",
-                       engine={"stop_timeout_s": 1})
+    proc, port = start(
+        tmp_path,
+        upstream,
+        ("batchgate.engine.writer", "ResultWriter", "stop"),
+        "hang",
+        "serve",
+        engine={"stop_timeout_s": 1},
+    )
     try:
         poll_until(lambda: _health(port), 20, message="the server never answered /health")
     finally:

@@ -111,39 +111,54 @@ def test_missing_file_is_rejected(server: ServerProcess) -> None:
 
 
 def test_expires_after_sets_expires_at(client: openai.OpenAI) -> None:
-    f = client.files.create(file=("e.jsonl", b"x"), purpose="batch",
-                            expires_after={"anchor": "created_at", "seconds": 3600})
+    f = client.files.create(
+        file=("e.jsonl", b"x"), purpose="batch", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
     assert f.expires_at == f.created_at + 3600
     assert client.files.retrieve(f.id).expires_at == f.created_at + 3600
-    g = client.files.create(file=("e.jsonl", b"x"), purpose="user_data",
-                            expires_after={"anchor": "created_at", "seconds": 2_592_000})
+    g = client.files.create(
+        file=("e.jsonl", b"x"), purpose="user_data", expires_after={"anchor": "created_at", "seconds": 2_592_000}
+    )
     assert g.expires_at == g.created_at + 2_592_000
 
 
 @pytest.mark.parametrize("seconds", [0, 3599, 2_592_001])
 def test_expires_after_out_of_range_is_rejected(client: openai.OpenAI, seconds: int) -> None:
-    err = sdk_error(lambda: client.files.create(file=("e.jsonl", b"x"), purpose="batch",
-                                                expires_after={"anchor": "created_at", "seconds": seconds}), 400)
+    err = sdk_error(
+        lambda: client.files.create(
+            file=("e.jsonl", b"x"), purpose="batch", expires_after={"anchor": "created_at", "seconds": seconds}
+        ),
+        400,
+    )
     assert isinstance(err["param"], str) and err["param"].startswith("expires_after"), err
 
 
 def test_expires_after_bad_anchor_is_rejected(client: openai.OpenAI) -> None:
-    err = sdk_error(lambda: client.files.create(file=("e.jsonl", b"x"), purpose="batch",
-                                                expires_after={"anchor": "last_active_at", "seconds": 3600}),  # type: ignore[typeddict-item]
-                    400)
+    err = sdk_error(
+        lambda: client.files.create(
+            file=("e.jsonl", b"x"), purpose="batch", expires_after={"anchor": "last_active_at", "seconds": 3600}
+        ),  # type: ignore[typeddict-item]
+        400,
+    )
     assert isinstance(err["param"], str) and err["param"].startswith("expires_after"), err
 
 
-@pytest.mark.parametrize("fields", [
-    {"expires_after[anchor]": "created_at"},
-    {"expires_after[seconds]": "3600"},
-    {"expires_after[anchor]": "created_at", "expires_after[seconds]": "abc"},
-    {"expires_after[anchor]": "created_at", "expires_after[seconds]": "-3600"},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"expires_after[anchor]": "created_at"},
+        {"expires_after[seconds]": "3600"},
+        {"expires_after[anchor]": "created_at", "expires_after[seconds]": "abc"},
+        {"expires_after[anchor]": "created_at", "expires_after[seconds]": "-3600"},
+    ],
+)
 def test_incomplete_expires_after_is_rejected(server: ServerProcess, fields: dict[str, str]) -> None:
     before = dir_entries(server)
-    parts: dict[str, Any] = {"purpose": (None, "batch"), **{k: (None, v) for k, v in fields.items()},
-                             "file": ("e.jsonl", b"x")}
+    parts: dict[str, Any] = {
+        "purpose": (None, "batch"),
+        **{k: (None, v) for k, v in fields.items()},
+        "file": ("e.jsonl", b"x"),
+    }
     err = assert_error(httpx.post(f"{server.base_url}/files", files=parts), 400)
     assert isinstance(err["param"], str) and err["param"].startswith("expires_after"), err
     assert dir_entries(server) == before
@@ -174,11 +189,14 @@ def test_multi_megabyte_content_round_trips(client: openai.OpenAI) -> None:
 
 def test_file_part_before_purpose_is_fine(server: ServerProcess, client: openai.OpenAI) -> None:
     # `curl -F file=@x -F purpose=batch` sends the file first.
-    body = (b'--b0\r\nContent-Disposition: form-data; name="file"; filename="first.jsonl"\r\n'
-            b"Content-Type: application/jsonl\r\n\r\n{\"a\": 1}\n\r\n"
-            b'--b0\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b0--\r\n')
-    response = httpx.post(f"{server.base_url}/files", content=body,
-                          headers={"content-type": "multipart/form-data; boundary=b0"})
+    body = (
+        b'--b0\r\nContent-Disposition: form-data; name="file"; filename="first.jsonl"\r\n'
+        b'Content-Type: application/jsonl\r\n\r\n{"a": 1}\n\r\n'
+        b'--b0\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b0--\r\n'
+    )
+    response = httpx.post(
+        f"{server.base_url}/files", content=body, headers={"content-type": "multipart/form-data; boundary=b0"}
+    )
     assert response.status_code == 200, response.text
     f = response.json()
     assert (f["filename"], f["purpose"], f["bytes"]) == ("first.jsonl", "batch", len(b'{"a": 1}\n'))
@@ -187,8 +205,10 @@ def test_file_part_before_purpose_is_fine(server: ServerProcess, client: openai.
 
 def test_two_file_parts_are_rejected(server: ServerProcess) -> None:
     before = dir_entries(server)
-    response = httpx.post(f"{server.base_url}/files", files=[("file", ("a.jsonl", b"a")), ("file", ("b.jsonl", b"b")),
-                                                             ("purpose", (None, "batch"))])
+    response = httpx.post(
+        f"{server.base_url}/files",
+        files=[("file", ("a.jsonl", b"a")), ("file", ("b.jsonl", b"b")), ("purpose", (None, "batch"))],
+    )
     assert_error(response, 400, "file")
     assert dir_entries(server) == before
 
@@ -214,8 +234,9 @@ def test_unknown_file_is_404(client: openai.OpenAI, file_id: str) -> None:
 
 # ---------------------------------------------------------------------------- list
 @pytest.fixture(scope="module")
-def listing(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[tuple[openai.OpenAI, list[str], dict[str, str]]]:
+def listing(
+    fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[openai.OpenAI, list[str], dict[str, str]]]:
     """A fresh server holding exactly 7 files (4 batch, 3 user_data), ids in creation order."""
     with (
         running_server(config(fake_upstream.url), tmp_path_factory.mktemp("files-listing")) as srv,
@@ -259,8 +280,9 @@ def test_list_purpose_filter(listing: tuple[openai.OpenAI, list[str], dict[str, 
 
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
-def test_list_pagination_walks_every_file_once(listing: tuple[openai.OpenAI, list[str], dict[str, str]],
-                                               order: str) -> None:
+def test_list_pagination_walks_every_file_once(
+    listing: tuple[openai.OpenAI, list[str], dict[str, str]], order: str
+) -> None:
     client, ids, _ = listing
     expected = ids if order == "asc" else list(reversed(ids))
     seen: list[str] = []
@@ -287,8 +309,7 @@ def test_list_pagination_walks_every_file_once(listing: tuple[openai.OpenAI, lis
 
 
 @pytest.mark.parametrize("limit", [0, -1, 10_001, "abc"])
-def test_list_invalid_limit_is_rejected(listing: tuple[openai.OpenAI, list[str], dict[str, str]],
-                                        limit: Any) -> None:
+def test_list_invalid_limit_is_rejected(listing: tuple[openai.OpenAI, list[str], dict[str, str]], limit: Any) -> None:
     client, _, _ = listing
     sdk_error(lambda: client.files.list(limit=limit), 400, "limit")
 
@@ -322,8 +343,9 @@ def test_list_invalid_order_is_rejected(listing: tuple[openai.OpenAI, list[str],
 
 # ---------------------------------------------------------------------------- limits and hostile input
 @pytest.mark.parametrize("size", [5000, 3_000_000])
-def test_oversized_upload_is_413_and_leaves_nothing(make_server: Callable[..., ServerProcess],
-                                                    upstream: FakeUpstreamProcess, size: int) -> None:
+def test_oversized_upload_is_413_and_leaves_nothing(
+    make_server: Callable[..., ServerProcess], upstream: FakeUpstreamProcess, size: int
+) -> None:
     srv = make_server(config(upstream.url, max_upload_bytes=1000))
     with openai_client(srv) as c:
         before = dir_entries(srv)
@@ -336,14 +358,16 @@ def test_oversized_upload_is_413_and_leaves_nothing(make_server: Callable[..., S
         assert dir_entries(srv) == {ok.id}
 
 
-@pytest.mark.parametrize(("name", "label"), [
-    ("../../etc/passwd", "passwd"),
-    ("a\\b.jsonl", "b.jsonl"),
-    ("/abs/path/x.jsonl", "x.jsonl"),
-    ("..\\..\\evil.jsonl", "evil.jsonl"),
-])
-def test_filename_is_a_label_not_a_path(client: openai.OpenAI, server: ServerProcess, name: str,
-                                        label: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("a\\b.jsonl", "b.jsonl"),
+        ("/abs/path/x.jsonl", "x.jsonl"),
+        ("..\\..\\evil.jsonl", "evil.jsonl"),
+    ],
+)
+def test_filename_is_a_label_not_a_path(client: openai.OpenAI, server: ServerProcess, name: str, label: str) -> None:
     root = server.workdir.parent  # everything the server could plausibly escape to
     before = all_paths(root)
     f = client.files.create(file=(name, b"path trick"), purpose="user_data")
@@ -355,21 +379,27 @@ def test_filename_is_a_label_not_a_path(client: openai.OpenAI, server: ServerPro
     for path in new:
         resolved = path.resolve()
         # Only blobs inside the files directory, or the server's own database/log churn.
-        assert resolved.parent == inside or resolved.parent == (server.workdir / ".batchgate").resolve() \
-            or resolved == server.log_path.resolve(), path
+        assert (
+            resolved.parent == inside
+            or resolved.parent == (server.workdir / ".batchgate").resolve()
+            or resolved == server.log_path.resolve()
+        ), path
         assert path.name not in ("passwd", "evil.jsonl", "b.jsonl", "x.jsonl")
     assert f.id in dir_entries(server)
     assert client.files.content(f.id).content == b"path trick"
 
 
-@pytest.mark.parametrize(("content_type", "body"), [
-    ("multipart/form-data; boundary=xyz", b"this is not a multipart body at all"),
-    ("multipart/form-data", b'--x\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--x--\r\n'),
-    ("text/plain", b"purpose=batch"),
-    ("application/json", b'{"purpose": "batch", "file": "abc"}'),
-    ("application/x-www-form-urlencoded", b"purpose=batch&file=abc"),
-    (None, b""),
-])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data; boundary=xyz", b"this is not a multipart body at all"),
+        ("multipart/form-data", b'--x\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--x--\r\n'),
+        ("text/plain", b"purpose=batch"),
+        ("application/json", b'{"purpose": "batch", "file": "abc"}'),
+        ("application/x-www-form-urlencoded", b"purpose=batch&file=abc"),
+        (None, b""),
+    ],
+)
 def test_malformed_upload_body_is_400(server: ServerProcess, content_type: str | None, body: bytes) -> None:
     before = dir_entries(server)
     headers = {"content-type": content_type} if content_type else {}
@@ -380,11 +410,14 @@ def test_malformed_upload_body_is_400(server: ServerProcess, content_type: str |
 
 def test_multipart_body_ending_mid_file_is_400_and_leaves_nothing(server: ServerProcess) -> None:
     before = dir_entries(server)
-    body = (b'--abc\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-            b'--abc\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
-            b'{"truncated": tr')
-    response = httpx.post(f"{server.base_url}/files", content=body,
-                          headers={"content-type": "multipart/form-data; boundary=abc"})
+    body = (
+        b'--abc\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--abc\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+        b'{"truncated": tr'
+    )
+    response = httpx.post(
+        f"{server.base_url}/files", content=body, headers={"content-type": "multipart/form-data; boundary=abc"}
+    )
     assert_error(response, 400)
     assert dir_entries(server) == before
 
@@ -393,21 +426,31 @@ def test_client_disconnect_mid_upload_leaves_no_file(server: ServerProcess, clie
     before_entries = dir_entries(server)
     before_ids = listed_ids(client)
     boundary = "bgdisconnectboundary"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     declared = len(head) + 10_000_000
-    request_head = (f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                    f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                    f"Content-Length: {declared}\r\n\r\n").encode()
+    request_head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(request_head + head + b'{"x": 1}\n' * 20_000)
         # The upload really is being streamed to a (temporary) blob before we hang up.
-        poll_until(lambda: dir_entries(server) - before_entries, timeout=10,
-                   message="the server never started writing the upload")
+        poll_until(
+            lambda: dir_entries(server) - before_entries,
+            timeout=10,
+            message="the server never started writing the upload",
+        )
     # Hung up mid-body: the partial blob must go away and no file may be listed.
-    poll_until(lambda: dir_entries(server) == before_entries, timeout=10,
-               message=lambda: f"leftovers: {dir_entries(server) - before_entries}")
+    poll_until(
+        lambda: dir_entries(server) == before_entries,
+        timeout=10,
+        message=lambda: f"leftovers: {dir_entries(server) - before_entries}",
+    )
     assert listed_ids(client) == before_ids
     # Still healthy, and still taking uploads.
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}

@@ -35,15 +35,42 @@ class RacingBlobs(LocalBlobStore):
 async def seed_finalizing_batch(store: Store, lines: int) -> str:
     now = int(time.time())
     batch_id = "batch_race"
-    await store.insert_batch({"id": batch_id, "endpoint": "/v1/chat/completions", "model": "m",
-                              "input_file_id": "file-gone", "completion_window": "24h", "status": "finalizing",
-                              "created_at": now, "in_progress_at": now, "finalizing_at": now,
-                              "expires_at": now + 3600, "total": lines})
-    await store.insert_requests([{"batch_id": batch_id, "line_no": i, "custom_id": f"c{i}", "offset": 0,
-                                  "length": 1, "state": "running", "attempts": 1, "next_attempt_at": 0.0}
-                                 for i in range(1, lines + 1)])
-    await store.store_results([FinishedRequest(batch_id, i, f"c{i}", True, 200, f"req_{i}", '{"ok":true}', None,
-                                               None, time.time()) for i in range(1, lines + 1)])
+    await store.insert_batch(
+        {
+            "id": batch_id,
+            "endpoint": "/v1/chat/completions",
+            "model": "m",
+            "input_file_id": "file-gone",
+            "completion_window": "24h",
+            "status": "finalizing",
+            "created_at": now,
+            "in_progress_at": now,
+            "finalizing_at": now,
+            "expires_at": now + 3600,
+            "total": lines,
+        }
+    )
+    await store.insert_requests(
+        [
+            {
+                "batch_id": batch_id,
+                "line_no": i,
+                "custom_id": f"c{i}",
+                "offset": 0,
+                "length": 1,
+                "state": "running",
+                "attempts": 1,
+                "next_attempt_at": 0.0,
+            }
+            for i in range(1, lines + 1)
+        ]
+    )
+    await store.store_results(
+        [
+            FinishedRequest(batch_id, i, f"c{i}", True, 200, f"req_{i}", '{"ok":true}', None, None, time.time())
+            for i in range(1, lines + 1)
+        ]
+    )
     return batch_id
 
 
@@ -51,8 +78,9 @@ async def test_two_engines_racing_a_finalisation_record_it_once(pg_store: Store,
     batch_id = await seed_finalizing_batch(pg_store, lines=50)
     barrier = asyncio.Barrier(2)
     blobs = RacingBlobs(tmp_path / "files", barrier)
-    settings = Settings(models=[{"name": "m", "deployments": [{"provider": "openai",
-                                                              "base_url": "http://127.0.0.1:9/v1"}]}])
+    settings = Settings(
+        models=[{"name": "m", "deployments": [{"provider": "openai", "base_url": "http://127.0.0.1:9/v1"}]}]
+    )
     engines = [Engine(settings, pg_store, blobs, single_node=False) for _ in range(2)]
     await asyncio.gather(*(engine.lifecycle.tick() for engine in engines))
 

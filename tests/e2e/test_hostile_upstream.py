@@ -26,7 +26,8 @@ def run(server: ServerProcess, rows: list[dict[str, Any]], timeout: float = 20.0
 
 
 def test_an_answer_over_max_response_bytes_ends_its_line_once_not_retried(
-        upstream: FakeUpstreamProcess, make_server) -> None:
+    upstream: FakeUpstreamProcess, make_server
+) -> None:
     rows = [chat_line("small", "fits"), chat_line("huge", f"@big:{2 * CAP}")]
     _, out, err = run(make_server(capped(upstream.url)), rows)
     assert_echoed(out["small"], rows[0])
@@ -38,7 +39,8 @@ def test_an_answer_over_max_response_bytes_ends_its_line_once_not_retried(
 
 
 def test_a_never_ending_answer_is_cut_at_the_cap_long_before_the_timeout(
-        upstream: FakeUpstreamProcess, make_server) -> None:
+    upstream: FakeUpstreamProcess, make_server
+) -> None:
     rows = [chat_line("endless", "@endless:1")]
     started = time.monotonic()
     _, _, err = run(make_server(capped(upstream.url, timeout_s=600)), rows, timeout=30)
@@ -47,7 +49,8 @@ def test_a_never_ending_answer_is_cut_at_the_cap_long_before_the_timeout(
 
 
 def test_a_redirect_to_another_origin_is_an_upstream_error_and_never_followed(
-        upstream: FakeUpstreamProcess, make_server) -> None:
+    upstream: FakeUpstreamProcess, make_server
+) -> None:
     with FakeUpstreamProcess() as elsewhere:
         rows = [chat_line("moved", f"secret tenant text @redirect:{elsewhere.port}")]
         _, _, err = run(make_server(capped(upstream.url, max_attempts=1)), rows)
@@ -57,8 +60,14 @@ def test_a_redirect_to_another_origin_is_an_upstream_error_and_never_followed(
 
 
 def test_an_unreachable_upstream_is_named_by_deployment_and_its_host_stays_in_the_log(make_server) -> None:
-    config = gateway_config({"name": "fake-model", "deployments": [
-        {"provider": "openai", "base_url": "http://127.0.0.1:1/v1", "name": "east-1", "max_attempts": 1}]})
+    config = gateway_config(
+        {
+            "name": "fake-model",
+            "deployments": [
+                {"provider": "openai", "base_url": "http://127.0.0.1:1/v1", "name": "east-1", "max_attempts": 1}
+            ],
+        }
+    )
     server = make_server(config)
     rows = [chat_line("r1", "hello")]
     with openai_client(server) as client:
@@ -69,10 +78,14 @@ def test_an_unreachable_upstream_is_named_by_deployment_and_its_host_stays_in_th
     assert "127.0.0.1:1" in server.log_text()
 
 
-def test_proxy_steering_fields_are_dropped_and_the_rest_forwarded(
-        upstream: FakeUpstreamProcess, make_server) -> None:
-    steering = {"api_base": "http://evil.example/v1", "base_url": "http://evil.example/v1", "api_key": "sk-x",
-                "extra_headers": {"X-Evil": "1"}, "custom_llm_provider": "openai"}
+def test_proxy_steering_fields_are_dropped_and_the_rest_forwarded(upstream: FakeUpstreamProcess, make_server) -> None:
+    steering = {
+        "api_base": "http://evil.example/v1",
+        "base_url": "http://evil.example/v1",
+        "api_key": "sk-x",
+        "extra_headers": {"X-Evil": "1"},
+        "custom_llm_provider": "openai",
+    }
     rows = [chat_line("r1", "steer me", temperature=0.5, **steering)]
     _, out, _ = run(make_server(capped(upstream.url)), rows)
     assert_echoed(out["r1"], rows[0])

@@ -50,8 +50,13 @@ def plain(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="module")
 def tight(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A short header deadline and a short grace before the body's minimum rate applies."""
-    config = limits_config(fake_upstream.url, header_timeout_s=HEADER_TIMEOUT_S, body_min_bytes_per_s=1024,
-                           body_rate_grace_s=GRACE_S, body_idle_timeout_s=60)
+    config = limits_config(
+        fake_upstream.url,
+        header_timeout_s=HEADER_TIMEOUT_S,
+        body_min_bytes_per_s=1024,
+        body_rate_grace_s=GRACE_S,
+        body_idle_timeout_s=60,
+    )
     with running_server(config, workdir=tmp_path_factory.mktemp("tight")) as srv:
         yield srv
 
@@ -127,11 +132,19 @@ def get(path: str, **headers: str) -> bytes:
 
 
 def upload_request(content: bytes, filename: str = "in.jsonl") -> bytes:
-    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{BOUNDARY}--\r\n".encode()
-    head = (f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode()
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -256,8 +269,12 @@ def test_many_dripping_connections_are_all_closed(tight: ServerProcess) -> None:
             open_socks[:] = [sock for sock in open_socks if not closed_now(sock)]
             return not open_socks
 
-        poll_until(all_closed, HEADER_TIMEOUT_S + 10, interval=0.1,
-                   message=lambda: f"{len(open_socks)} dripping connections stayed open")
+        poll_until(
+            all_closed,
+            HEADER_TIMEOUT_S + 10,
+            interval=0.1,
+            message=lambda: f"{len(open_socks)} dripping connections stayed open",
+        )
     poll_until(lambda: server_fds(tight) <= fds_before, 10, message=lambda: f"fds {server_fds(tight)} > {fds_before}")
 
 
@@ -298,7 +315,7 @@ def test_a_body_below_the_minimum_rate_gets_408(tight: ServerProcess) -> None:
         received, sent = b"", 0
         while b"\r\n\r\n" not in received:  # 20 bytes every 0.2 s: 100 B/s, far below 1024 B/s, never idle
             assert time.monotonic() < deadline, "the server kept waiting on a body arriving at 100 bytes a second"
-            send_ignoring_close(sock, body[sent:sent + 20])
+            send_ignoring_close(sock, body[sent : sent + 20])
             sent += 20
             try:
                 received += sock.recv(65536)
@@ -318,7 +335,7 @@ def test_a_body_at_a_modest_steady_rate_is_accepted(tight: ServerProcess) -> Non
     with connect(tight) as sock:
         sock.sendall(head + b"\r\n\r\n")
         for start in range(0, len(body), 800):
-            sock.sendall(body[start:start + 800])
+            sock.sendall(body[start : start + 800])
             time.sleep(0.1)  # pacing a slow client, not synchronisation
         status, _, answer = read_response(sock, bytearray())
     assert status == 200, answer

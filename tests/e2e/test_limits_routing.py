@@ -90,8 +90,13 @@ class Watch:
     samples: list[Sample] = field(default_factory=list)
 
 
-def watch(client: openai.OpenAI, batch_id: str, upstreams: list[FakeUpstreamProcess], timeout: float = 30.0,
-          every: float = 0.02) -> Watch:
+def watch(
+    client: openai.OpenAI,
+    batch_id: str,
+    upstreams: list[FakeUpstreamProcess],
+    timeout: float = 30.0,
+    every: float = 0.02,
+) -> Watch:
     """Sample every upstream's /_stats until the batch ends; the samples show arrivals and in-flight over time."""
     samples: list[Sample] = []
     deadline = time.monotonic() + timeout
@@ -115,8 +120,13 @@ def count(stats: dict[str, Any], status: str) -> int:
 
 
 def admin(server: ServerProcess, method: str, path: str, **json_body: Any) -> dict[str, Any]:
-    response = httpx.request(method, f"{server.url}{path}", json=json_body or None,
-                             headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    response = httpx.request(
+        method,
+        f"{server.url}{path}",
+        json=json_body or None,
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -156,16 +166,30 @@ class RecordingUpstream:
                     recorder.bodies.append((self.path, body))
                 if self.path.endswith("/responses"):
                     answer: dict[str, Any] = {
-                        "id": "resp_1", "object": "response", "status": "completed", "model": body.get("model"),
-                        "output": [{"type": "message", "role": "assistant",
-                                    "content": [{"type": "output_text", "text": "ok", "annotations": []}]}],
-                        "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}
+                        "id": "resp_1",
+                        "object": "response",
+                        "status": "completed",
+                        "model": body.get("model"),
+                        "output": [
+                            {
+                                "type": "message",
+                                "role": "assistant",
+                                "content": [{"type": "output_text", "text": "ok", "annotations": []}],
+                            }
+                        ],
+                        "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
+                    }
                 else:
-                    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0,
-                              "model": body.get("model"),
-                              "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": "ok"}}],
-                              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                    answer = {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model"),
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    }
                 data = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -248,11 +272,15 @@ def test_the_rpm_budgets_of_two_deployments_add_up(ups: list[FakeUpstreamProcess
     """Two deployments of one model at rpm 120 each: the model may go 4 a second, using both budgets,
     rather than queueing behind one deployment's budget while the other's sits unused."""
     first, second = ups[0], ups[1]
-    client = make_client(gateway_config(multi_model(
-        "fake-model",
-        deployment(first, name="first", rpm=120, max_concurrency=16),
-        deployment(second, name="second", rpm=120, max_concurrency=16),
-    )))
+    client = make_client(
+        gateway_config(
+            multi_model(
+                "fake-model",
+                deployment(first, name="first", rpm=120, max_concurrency=16),
+                deployment(second, name="second", rpm=120, max_concurrency=16),
+            )
+        )
+    )
     rows = [chat_line(f"two{i}", f"two budgets {i}") for i in range(16)]
     started = time.monotonic()
     batch = wait_terminal(client, submit(client, rows).id, timeout=30)
@@ -288,8 +316,9 @@ def test_retry_after_on_429_is_honoured_and_everything_completes(
     the deployment pauses (nothing reaches the upstream for about a second after the first 429s)."""
     upstream = ups[0]
     concurrency = 4
-    client = make_client(gateway_config(upstream_model_config(upstream.url, max_concurrency=concurrency,
-                                                              max_attempts=3)))
+    client = make_client(
+        gateway_config(upstream_model_config(upstream.url, max_concurrency=concurrency, max_attempts=3))
+    )
     rows = [chat_line(f"ra{i}", f"line {i} @status:429:1 @retry_after:1") for i in range(2 * concurrency)]
     seen = watch(client, submit(client, rows).id, [upstream], timeout=40)
 
@@ -308,8 +337,10 @@ def test_a_retry_after_pauses_the_whole_deployment(ups: list[FakeUpstreamProcess
     lines, which are fine, still wait out the pause before anything more is sent to that deployment."""
     upstream = ups[0]
     client = make_client(gateway_config(upstream_model_config(upstream.url, max_concurrency=1, max_attempts=1)))
-    rows = [chat_line("throttled", "first @status:429:1 @retry_after:2"),
-            *(chat_line(f"after{i}", f"after {i}") for i in range(3))]
+    rows = [
+        chat_line("throttled", "first @status:429:1 @retry_after:2"),
+        *(chat_line(f"after{i}", f"after {i}") for i in range(3)),
+    ]
     seen = watch(client, submit(client, rows).id, [upstream], timeout=30)
 
     out, err = result_files(client, seen.batch, rows)
@@ -326,8 +357,9 @@ def test_a_rate_limited_upstream_is_not_hammered(ups: list[FakeUpstreamProcess],
     upstream = ups[0]
     upstream.control(rpm=600, rpm_window_s=1.0)  # 10 calls in any second
     concurrency = 16
-    client = make_client(gateway_config(upstream_model_config(upstream.url, max_concurrency=concurrency,
-                                                              max_attempts=10)))
+    client = make_client(
+        gateway_config(upstream_model_config(upstream.url, max_concurrency=concurrency, max_attempts=10))
+    )
     rows = [chat_line(f"h{i}", f"hammer {i}") for i in range(40)]
     batch = wait_terminal(client, submit(client, rows).id, timeout=40)
 
@@ -345,8 +377,10 @@ def test_aimd_halves_concurrency_on_429_and_recovers(ups: list[FakeUpstreamProce
     pause the upstream sees at most about half as many calls at once, then the window grows back to 8."""
     upstream = ups[0]
     client = make_client(gateway_config(upstream_model_config(upstream.url, max_concurrency=8, max_attempts=3)))
-    rows = [chat_line(f"a{i}", f"aimd {i} @latency:300" + (" @status:429:1 @retry_after:1" if i < 8 else ""))
-            for i in range(56)]
+    rows = [
+        chat_line(f"a{i}", f"aimd {i} @latency:300" + (" @status:429:1 @retry_after:1" if i < 8 else ""))
+        for i in range(56)
+    ]
     seen = watch(client, submit(client, rows).id, [upstream], timeout=40)
 
     assert_all_succeeded(client, seen.batch, rows)
@@ -365,11 +399,15 @@ def test_weights_share_requests_between_deployments(ups: list[FakeUpstreamProces
     heavy, light = ups[0], ups[1]
     for u in (heavy, light):
         u.control(latency_ms=200)
-    client = make_client(gateway_config(multi_model(
-        "fake-model",
-        deployment(heavy, name="heavy", weight=3, max_concurrency=256),
-        deployment(light, name="light", weight=1, max_concurrency=256),
-    )))
+    client = make_client(
+        gateway_config(
+            multi_model(
+                "fake-model",
+                deployment(heavy, name="heavy", weight=3, max_concurrency=256),
+                deployment(light, name="light", weight=1, max_concurrency=256),
+            )
+        )
+    )
     rows = [chat_line(f"lb{i}", f"balance {i}") for i in range(200)]
     batch = wait_terminal(client, submit(client, rows).id, timeout=30)
 
@@ -386,11 +424,15 @@ def test_fewest_in_flight_wins_between_a_fast_and_a_slow_deployment(
     fast, slow = ups[0], ups[1]
     fast.control(latency_ms=20)
     slow.control(latency_ms=200)
-    client = make_client(gateway_config(multi_model(
-        "fake-model",
-        deployment(fast, name="fast", max_concurrency=8),
-        deployment(slow, name="slow", max_concurrency=8),
-    )))
+    client = make_client(
+        gateway_config(
+            multi_model(
+                "fake-model",
+                deployment(fast, name="fast", max_concurrency=8),
+                deployment(slow, name="slow", max_concurrency=8),
+            )
+        )
+    )
     rows = [chat_line(f"f{i}", f"fewest {i}") for i in range(160)]
     batch = wait_terminal(client, submit(client, rows).id, timeout=30)
 
@@ -408,12 +450,22 @@ def test_a_failing_deployment_is_ejected_under_load(ups: list[FakeUpstreamProces
     good.control(latency_ms=50)
     bad.control(fail_status=500)
     threshold, cooldown, concurrency = 3, 1.0, 4
-    client = make_client(gateway_config(multi_model(
-        "fake-model",
-        deployment(good, name="good", max_concurrency=concurrency, max_attempts=6),
-        deployment(bad, name="bad", max_concurrency=concurrency, max_attempts=6,
-                   circuit_failures=threshold, circuit_cooldown_s=cooldown),
-    )))
+    client = make_client(
+        gateway_config(
+            multi_model(
+                "fake-model",
+                deployment(good, name="good", max_concurrency=concurrency, max_attempts=6),
+                deployment(
+                    bad,
+                    name="bad",
+                    max_concurrency=concurrency,
+                    max_attempts=6,
+                    circuit_failures=threshold,
+                    circuit_cooldown_s=cooldown,
+                ),
+            )
+        )
+    )
     rows = [chat_line(f"cb{i}", f"circuit {i}") for i in range(60)]
     started = time.monotonic()
     batch = wait_terminal(client, submit(client, rows).id, timeout=30)
@@ -435,12 +487,22 @@ def test_an_ejected_deployment_is_skipped_then_probed_back(
     good, bad = ups[0], ups[1]
     bad.control(fail_status=500)
     threshold, cooldown = 3, 2.5
-    client = make_client(gateway_config(multi_model(
-        "fake-model",
-        deployment(good, name="good", max_concurrency=64, max_attempts=4),
-        deployment(bad, name="bad", max_concurrency=64, max_attempts=4,
-                   circuit_failures=threshold, circuit_cooldown_s=cooldown),
-    )))
+    client = make_client(
+        gateway_config(
+            multi_model(
+                "fake-model",
+                deployment(good, name="good", max_concurrency=64, max_attempts=4),
+                deployment(
+                    bad,
+                    name="bad",
+                    max_concurrency=64,
+                    max_attempts=4,
+                    circuit_failures=threshold,
+                    circuit_cooldown_s=cooldown,
+                ),
+            )
+        )
+    )
     rows = [chat_line(f"p{i}", f"phase one {i}") for i in range(30)]
     batch = wait_terminal(client, submit(client, rows).id, timeout=30)
     assert_all_succeeded(client, batch, rows)
@@ -474,8 +536,9 @@ def test_when_every_deployment_fails_requests_still_go_and_fail_as_usual(
 ) -> None:
     only = ups[0]
     only.control(fail_status=500)
-    client = make_client(gateway_config(upstream_model_config(only.url, max_attempts=2, circuit_failures=2,
-                                                              circuit_cooldown_s=60)))
+    client = make_client(
+        gateway_config(upstream_model_config(only.url, max_attempts=2, circuit_failures=2, circuit_cooldown_s=60))
+    )
     rows = [chat_line(f"dead{i}", f"dead {i}") for i in range(6)]
     batch = wait_terminal(client, submit(client, rows).id, timeout=30)
     out, err = result_files(client, batch, rows)
@@ -488,11 +551,19 @@ def test_when_every_deployment_fails_requests_still_go_and_fail_as_usual(
 @pytest.fixture
 def fallback_client(ups: list[FakeUpstreamProcess], make_client: MakeClient) -> openai.OpenAI:
     primary, backup = ups[0], ups[1]
-    return make_client(gateway_config(
-        upstream_model_config(primary.url, name="primary", fallbacks=["backup"], model="primary-upstream",
-                              max_attempts=2, circuit_failures=100),
-        upstream_model_config(backup.url, name="backup", model="backup-upstream", max_attempts=2),
-    ))
+    return make_client(
+        gateway_config(
+            upstream_model_config(
+                primary.url,
+                name="primary",
+                fallbacks=["backup"],
+                model="primary-upstream",
+                max_attempts=2,
+                circuit_failures=100,
+            ),
+            upstream_model_config(backup.url, name="backup", model="backup-upstream", max_attempts=2),
+        )
+    )
 
 
 def test_exhausted_retries_move_to_the_fallback_model(
@@ -552,8 +623,12 @@ def guarded_server(
         upstream_model_config(recorder.url, name="clamped"),
     )
     config["guardrails"] = [
-        {"name": "no-secrets", "models": ["deny"], "deny_patterns": [r"(?i)password\s*[:=]", r"\bsk-[A-Za-z0-9]{8,}"],
-         "max_input_tokens": 50},
+        {
+            "name": "no-secrets",
+            "models": ["deny"],
+            "deny_patterns": [r"(?i)password\s*[:=]", r"\bsk-[A-Za-z0-9]{8,}"],
+            "max_input_tokens": 50,
+        },
         {"name": "scrub-input", "models": ["pii-in"], "redact_pii": {"input": True}},
         {"name": "scrub-output", "models": ["pii-out"], "redact_pii": {"input": False, "output": True}},
         {"name": "short-answers", "models": ["clamped"], "clamp_max_tokens": 16},
@@ -616,8 +691,10 @@ def test_pii_is_redacted_before_the_request_leaves(guarded: openai.OpenAI, upstr
 
 def test_text_with_nul_characters_passes_input_redaction(guarded: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
     """A NUL (\\u0000) is legal in a JSON string: the line is redacted as usual and the batch completes."""
-    rows = [chat_line("nul", "a\x000\x00b bob@example.com", model="pii-in"),
-            chat_line("plain", "carol@example.net", model="pii-in")]
+    rows = [
+        chat_line("nul", "a\x000\x00b bob@example.com", model="pii-in"),
+        chat_line("plain", "carol@example.net", model="pii-in"),
+    ]
     batch_id = submit(guarded, rows).id
     try:
         batch = wait_terminal(guarded, batch_id, timeout=15)
@@ -633,9 +710,11 @@ def test_text_with_nul_characters_passes_input_redaction(guarded: openai.OpenAI,
 def test_pii_in_the_answer_is_redacted_in_the_output_file(
     guarded: openai.OpenAI, upstream: FakeUpstreamProcess
 ) -> None:
-    rows = [chat_line("out", "reach me at carol@example.net or (415) 555-0100", model="pii-out"),
-            chat_line("plain", "nothing personal", model="pii-out"),
-            chat_line("other-model", "reach me at carol@example.net", model="open")]
+    rows = [
+        chat_line("out", "reach me at carol@example.net or (415) 555-0100", model="pii-out"),
+        chat_line("plain", "nothing personal", model="pii-out"),
+        chat_line("other-model", "reach me at carol@example.net", model="open"),
+    ]
     batch = wait_terminal(guarded, submit(guarded, rows[:2]).id, timeout=30)
     out, err = result_files(guarded, batch, rows[:2])
     assert err == {}
@@ -650,10 +729,12 @@ def test_pii_in_the_answer_is_redacted_in_the_output_file(
 
 def test_max_tokens_is_clamped_before_the_request_leaves(guarded: openai.OpenAI, recorder: RecordingUpstream) -> None:
     before = len(recorder.recorded())
-    rows = [chat_line("high", "a", model="clamped", max_tokens=5000),
-            chat_line("low", "b", model="clamped", max_tokens=4),
-            chat_line("absent", "c", model="clamped"),
-            chat_line("completion", "d", model="clamped", max_completion_tokens=900)]
+    rows = [
+        chat_line("high", "a", model="clamped", max_tokens=5000),
+        chat_line("low", "b", model="clamped", max_tokens=4),
+        chat_line("absent", "c", model="clamped"),
+        chat_line("completion", "d", model="clamped", max_completion_tokens=900),
+    ]
     batch = wait_terminal(guarded, submit(guarded, rows).id, timeout=30)
     out, err = result_files(guarded, batch, rows)
     assert err == {} and len(out) == 4
@@ -664,8 +745,14 @@ def test_max_tokens_is_clamped_before_the_request_leaves(guarded: openai.OpenAI,
     assert sent["d"]["max_completion_tokens"] == 16
 
     before = len(recorder.recorded())
-    responses = [{"custom_id": "resp", "method": "POST", "url": "/v1/responses",
-                  "body": {"model": "clamped", "input": "e", "max_output_tokens": 999}}]
+    responses = [
+        {
+            "custom_id": "resp",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {"model": "clamped", "input": "e", "max_output_tokens": 999},
+        }
+    ]
     batch = wait_terminal(guarded, submit(guarded, responses, endpoint="/v1/responses").id, timeout=30)
     assert batch.request_counts is not None and batch.request_counts.completed == 1
     ((path, body),) = recorder.recorded()[before:]
@@ -686,8 +773,10 @@ class Tenants:
 def tenants(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
     """A keyed server with teams `alpha` and `beta`; restarted once the key ids are known, with a guardrail
     rule scoped to alpha's key (key ids exist only once the server made them)."""
-    config = gateway_config(upstream_model_config(fake_upstream.url, name="shared", max_concurrency=4),
-                            upstream_model_config(fake_upstream.url, name="scoped"))
+    config = gateway_config(
+        upstream_model_config(fake_upstream.url, name="shared", max_concurrency=4),
+        upstream_model_config(fake_upstream.url, name="scoped"),
+    )
     server = ServerProcess(config, env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}, workdir=tmp_path_factory.mktemp("tenants"))
     try:
         server.start().wait_ready()
@@ -706,8 +795,11 @@ def tenants(fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPat
 
 def test_a_rule_scoped_to_a_key_applies_to_that_key_only(tenants: Tenants, upstream: FakeUpstreamProcess) -> None:
     rows = [chat_line("bad", "a forbidden word", model="scoped"), chat_line("good", "fine", model="scoped")]
-    with tenants.client("alpha") as alpha, tenants.client("beta") as beta, \
-            openai_client(tenants.server, api_key=ADMIN_KEY) as root:
+    with (
+        tenants.client("alpha") as alpha,
+        tenants.client("beta") as beta,
+        openai_client(tenants.server, api_key=ADMIN_KEY) as root,
+    ):
         alpha_batch = wait_terminal(alpha, submit(alpha, rows).id, timeout=30)
         out, err = result_files(alpha, alpha_batch, rows)
         assert set(out) == {"good"} and set(err) == {"bad"}
@@ -722,17 +814,20 @@ def test_a_rule_scoped_to_a_key_applies_to_that_key_only(tenants: Tenants, upstr
     assert upstream.stats()["requests_total"] == 5
 
 
-def test_a_big_batch_does_not_starve_another_teams_small_one(
-    tenants: Tenants, upstream: FakeUpstreamProcess
-) -> None:
+def test_a_big_batch_does_not_starve_another_teams_small_one(tenants: Tenants, upstream: FakeUpstreamProcess) -> None:
     big_rows = [chat_line(f"big{i}", f"big {i} @latency:60", model="shared") for i in range(600)]
     small_rows = [chat_line(f"small{i}", f"small {i} @latency:60", model="shared") for i in range(20)]
     with tenants.client("alpha") as alpha, tenants.client("beta") as beta:
         big = submit(alpha, big_rows)
         try:
             # alpha's batch is running and holds every slot before beta arrives.
-            wait_batch(alpha, big.id, lambda b: b.request_counts is not None and b.request_counts.completed >= 8,
-                       timeout=20, what="never started")
+            wait_batch(
+                alpha,
+                big.id,
+                lambda b: b.request_counts is not None and b.request_counts.completed >= 8,
+                timeout=20,
+                what="never started",
+            )
             poll_until(lambda: upstream.stats()["in_flight"] == 4, 10, message="alpha never filled the slots")
             small = submit(beta, small_rows)
             # Alone, alpha needs ~9 s (600 × 60 ms / 4); with half the slots beta needs well under 2 s.
@@ -754,26 +849,39 @@ def test_teams_share_a_deployment_in_proportion_to_their_weights(
     tenants: Tenants, upstream: FakeUpstreamProcess
 ) -> None:
     """gold (weight 3) and bronze (weight 1) both have more work than the 4 slots: gold gets about 3 of them."""
-    rows = {team: [chat_line(f"{team}{i}", f"{team} {i} @latency:60", model="shared") for i in range(300)]
-            for team in ("bronze", "gold")}
+    rows = {
+        team: [chat_line(f"{team}{i}", f"{team} {i} @latency:60", model="shared") for i in range(300)]
+        for team in ("bronze", "gold")
+    }
     with tenants.client("bronze") as bronze, tenants.client("gold") as gold:
         clients = {"bronze": bronze, "gold": gold}
         batches = {"bronze": submit(bronze, rows["bronze"])}  # bronze first: it has every slot for a while
         try:
-            wait_batch(bronze, batches["bronze"].id,
-                       lambda b: b.request_counts is not None and b.request_counts.completed >= 8, timeout=20)
+            wait_batch(
+                bronze,
+                batches["bronze"].id,
+                lambda b: b.request_counts is not None and b.request_counts.completed >= 8,
+                timeout=20,
+            )
             batches["gold"] = submit(gold, rows["gold"])
-            wait_batch(gold, batches["gold"].id,
-                       lambda b: b.request_counts is not None and b.request_counts.completed >= 10, timeout=20)
+            wait_batch(
+                gold,
+                batches["gold"].id,
+                lambda b: b.request_counts is not None and b.request_counts.completed >= 10,
+                timeout=20,
+            )
 
             def done() -> dict[str, int]:
                 counts = {t: clients[t].batches.retrieve(b.id).request_counts for t, b in batches.items()}
                 return {t: c.completed if c is not None else 0 for t, c in counts.items()}
 
             start = done()  # both are running now: measure the shares from here
-            wait_batch(gold, batches["gold"].id,
-                       lambda b: b.request_counts is not None and b.request_counts.completed >= start["gold"] + 90,
-                       timeout=20)
+            wait_batch(
+                gold,
+                batches["gold"].id,
+                lambda b: b.request_counts is not None and b.request_counts.completed >= start["gold"] + 90,
+                timeout=20,
+            )
             end = done()
             gained = {t: end[t] - start[t] for t in end}
             assert gained["bronze"] > 0, gained
@@ -787,6 +895,7 @@ def test_teams_share_a_deployment_in_proportion_to_their_weights(
 
 def test_fair_share_is_per_team_not_per_batch(tenants: Tenants, upstream: FakeUpstreamProcess) -> None:
     """alpha runs two big batches, beta one, equal team weights: beta gets about half the slots, not a third."""
+
     def rows(tag: str) -> list[dict[str, Any]]:
         return [chat_line(f"{tag}{i}", f"{tag} {i} @latency:60", model="shared") for i in range(250)]
 
@@ -794,16 +903,25 @@ def test_fair_share_is_per_team_not_per_batch(tenants: Tenants, upstream: FakeUp
         runs = [(alpha, submit(alpha, rows("a1"))), (alpha, submit(alpha, rows("a2"))), (beta, submit(beta, rows("b")))]
         try:
             for client, batch in runs:
-                wait_batch(client, batch.id, lambda b: b.request_counts is not None and b.request_counts.completed >= 4,
-                           timeout=20, what="never started")
+                wait_batch(
+                    client,
+                    batch.id,
+                    lambda b: b.request_counts is not None and b.request_counts.completed >= 4,
+                    timeout=20,
+                    what="never started",
+                )
 
             def done() -> list[int]:
                 counts = [client.batches.retrieve(batch.id).request_counts for client, batch in runs]
                 return [c.completed if c is not None else 0 for c in counts]
 
             start = done()
-            poll_until(lambda: sum(done()) >= sum(start) + 120, timeout=20, interval=0.1,
-                       message="the batches stopped progressing")
+            poll_until(
+                lambda: sum(done()) >= sum(start) + 120,
+                timeout=20,
+                interval=0.1,
+                message="the batches stopped progressing",
+            )
             end = done()
             gained_alpha = end[0] - start[0] + end[1] - start[1]
             gained_beta = end[2] - start[2]

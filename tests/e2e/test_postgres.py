@@ -28,9 +28,11 @@ ADMIN = "pg-admin"
 
 
 def pg_config(postgres: PostgresCluster, upstream_url: str, **deployment: Any) -> dict[str, Any]:
-    return {"storage": {"database": postgres.new_database()},
-            "models": [upstream_model_config(upstream_url, **deployment)],
-            "engine": {**ENGINE, "lease_s": 2.0}}
+    return {
+        "storage": {"database": postgres.new_database()},
+        "models": [upstream_model_config(upstream_url, **deployment)],
+        "engine": {**ENGINE, "lease_s": 2.0},
+    }
 
 
 @pytest.fixture
@@ -39,8 +41,10 @@ def pg_server(postgres: PostgresCluster, upstream: FakeUpstreamProcess, make_ser
 
 
 def test_a_batch_runs_to_completion_with_exact_counts(pg_server: ServerProcess) -> None:
-    rows = [chat_line(f"r{i}", f"hello {i}") for i in range(40)] + [chat_line("bad", "no @status:400:*"),
-                                                                  chat_line("long-id", "@request_id_len:1000")]
+    rows = [chat_line(f"r{i}", f"hello {i}") for i in range(40)] + [
+        chat_line("bad", "no @status:400:*"),
+        chat_line("long-id", "@request_id_len:1000"),
+    ]
     with openai_client(pg_server, api_key=ADMIN) as client:
         batch = wait_terminal(client, submit(client, rows).id)
         assert batch.status == "completed"
@@ -68,8 +72,9 @@ def test_cancel_and_expiry(pg_server: ServerProcess) -> None:
         out, err = result_files(client, cancelled, slow)
         assert len(out) >= 1 and {line["error"]["code"] for line in err.values()} == {"batch_cancelled"}
 
-        expiring = submit(client, [chat_line(f"e{i}", f"slow {i} @latency:400") for i in range(30)],
-                          completion_window="2s")
+        expiring = submit(
+            client, [chat_line(f"e{i}", f"slow {i} @latency:400") for i in range(30)], completion_window="2s"
+        )
         expired = wait_terminal(client, expiring.id)
         assert expired.status == "expired" and expired.request_counts.failed > 0
         with pytest.raises(openai.ConflictError):
@@ -82,19 +87,30 @@ def test_xai_results_page_while_requests_arrive(pg_server: ServerProcess) -> Non
     seen: list[str] = []
     token: str | None = None
     for chunk in range(3):
-        items = [{"batch_request_id": f"c{chunk}-{i}", "batch_request": {"chat_get_completion": {
-            "model": "fake-model", "messages": [{"role": "user", "content": f"x {chunk} {i} @latency:50"}]}}}
-            for i in range(10)]
+        items = [
+            {
+                "batch_request_id": f"c{chunk}-{i}",
+                "batch_request": {
+                    "chat_get_completion": {
+                        "model": "fake-model",
+                        "messages": [{"role": "user", "content": f"x {chunk} {i} @latency:50"}],
+                    }
+                },
+            }
+            for i in range(10)
+        ]
         assert api.post(f"/batches/{batch_id}/requests", json={"batch_requests": items}).json() == {}
-        page = api.get(f"/batches/{batch_id}/results", params={"limit": 7, **({"pagination_token": token}
-                                                                               if token else {})}).json()
+        page = api.get(
+            f"/batches/{batch_id}/results", params={"limit": 7, **({"pagination_token": token} if token else {})}
+        ).json()
         seen += [r["batch_request_id"] for r in page["results"]]
         token = page["pagination_token"] or token
 
     def drained() -> bool:
         nonlocal token
-        page = api.get(f"/batches/{batch_id}/results", params={"limit": 7, **({"pagination_token": token}
-                                                                               if token else {})}).json()
+        page = api.get(
+            f"/batches/{batch_id}/results", params={"limit": 7, **({"pagination_token": token} if token else {})}
+        ).json()
         seen.extend(r["batch_request_id"] for r in page["results"])
         token = page["pagination_token"] or token
         return page["pagination_token"] is None
@@ -114,8 +130,11 @@ def test_teams_are_isolated(pg_server: ServerProcess) -> None:
     with openai_client(pg_server, api_key=keys["red"]) as red, openai_client(pg_server, api_key=keys["blue"]) as blue:
         batch = wait_terminal(red, submit(red, [chat_line("only", "red's")]).id)
         assert batch.status == "completed"
-        for call in (lambda: blue.batches.retrieve(batch.id), lambda: blue.files.retrieve(batch.input_file_id),
-                     lambda: blue.files.content(batch.output_file_id)):
+        for call in (
+            lambda: blue.batches.retrieve(batch.id),
+            lambda: blue.files.retrieve(batch.input_file_id),
+            lambda: blue.files.content(batch.output_file_id),
+        ):
             with pytest.raises(openai.NotFoundError):
                 call()
         assert blue.batches.list().data == [] and [b.id for b in red.batches.list().data] == [batch.id]
@@ -147,9 +166,14 @@ def test_a_server_and_a_worker_share_one_database_and_every_request_runs_once(
     """Two engines on one PostgreSQL (and one files directory): the batch is validated by one of them,
     its requests are claimed by both (SKIP LOCKED), and every custom_id ends exactly once."""
     server = make_server(pg_config(postgres, upstream.url, max_concurrency=4))
-    worker = subprocess.Popen([sys.executable, "-m", "batchgate", "worker", "--config", "batchgate.yaml"],
-                              cwd=server.workdir, env=python_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "batchgate", "worker", "--config", "batchgate.yaml"],
+        cwd=server.workdir,
+        env=python_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         rows = [chat_line(f"w{i}", f"both {i} @latency:20") for i in range(3000)]
         with openai_client(server) as client:

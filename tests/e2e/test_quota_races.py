@@ -25,8 +25,11 @@ CONCURRENT = 12
 @pytest.fixture(params=["sqlite", "postgresql"])
 def server(request: pytest.FixtureRequest, upstream: FakeUpstreamProcess, make_server) -> ServerProcess:
     # One slot and slow answers: the queued requests stay queued while the test runs.
-    config: dict[str, Any] = {"engine": ENGINE, "limits": {"max_open_batches_per_team": 3},
-                              "models": [upstream_model_config(upstream.url, max_concurrency=1)]}
+    config: dict[str, Any] = {
+        "engine": ENGINE,
+        "limits": {"max_open_batches_per_team": 3},
+        "models": [upstream_model_config(upstream.url, max_concurrency=1)],
+    }
     if request.param == "postgresql":
         postgres: PostgresCluster = request.getfixturevalue("postgres")
         config["storage"] = {"database": postgres.new_database()}
@@ -55,8 +58,9 @@ def at_once(calls: list[Callable[[], httpx.Response]]) -> list[int]:
 
 
 def slow_lines(prefix: str, n: int) -> bytes:
-    return b"".join(json.dumps(chat_line(f"{prefix}{i}", f"{prefix} {i} @latency:20000")).encode() + b"\n"
-                    for i in range(n))
+    return b"".join(
+        json.dumps(chat_line(f"{prefix}{i}", f"{prefix} {i} @latency:20000")).encode() + b"\n" for i in range(n)
+    )
 
 
 def test_concurrent_creates_never_pass_the_queue_cap(server: ServerProcess) -> None:
@@ -64,12 +68,21 @@ def test_concurrent_creates_never_pass_the_queue_cap(server: ServerProcess) -> N
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
         file_ids = []
         for n in range(CONCURRENT):
-            r = http.post("/v1/files", data={"purpose": "batch"},
-                          files={"file": (f"f{n}.jsonl", io.BytesIO(slow_lines(f"f{n}-", 100)))})
+            r = http.post(
+                "/v1/files",
+                data={"purpose": "batch"},
+                files={"file": (f"f{n}.jsonl", io.BytesIO(slow_lines(f"f{n}-", 100)))},
+            )
             assert r.status_code == 200, r.text
             file_ids.append(r.json()["id"])
-        codes = at_once([lambda f=f: http.post("/v1/batches", json={
-            "input_file_id": f, "endpoint": CHAT, "completion_window": "24h"}) for f in file_ids])
+        codes = at_once(
+            [
+                lambda f=f: http.post(
+                    "/v1/batches", json={"input_file_id": f, "endpoint": CHAT, "completion_window": "24h"}
+                )
+                for f in file_ids
+            ]
+        )
         assert sorted(codes) == [200] + [429] * (CONCURRENT - 1), codes
         assert len(http.get("/v1/batches").json()["data"]) == 1
 
@@ -80,9 +93,18 @@ def test_concurrent_xai_adds_never_pass_the_queue_cap(server: ServerProcess) -> 
         batch_id = http.post("/xai/v1/batches", json={"name": "adds"}).json()["batch_id"]
 
         def add(n: int) -> httpx.Response:
-            items = [{"batch_request_id": f"a{n}-{i}", "batch_request": {"chat_get_completion": {
-                "model": "fake-model", "messages": [{"role": "user", "content": "x @latency:20000"}]}}}
-                for i in range(100)]
+            items = [
+                {
+                    "batch_request_id": f"a{n}-{i}",
+                    "batch_request": {
+                        "chat_get_completion": {
+                            "model": "fake-model",
+                            "messages": [{"role": "user", "content": "x @latency:20000"}],
+                        }
+                    },
+                }
+                for i in range(100)
+            ]
             return http.post(f"/xai/v1/batches/{batch_id}/requests", json={"batch_requests": items})
 
         codes = at_once([lambda n=n: add(n) for n in range(CONCURRENT)])
@@ -93,8 +115,9 @@ def test_concurrent_xai_adds_never_pass_the_queue_cap(server: ServerProcess) -> 
 def test_open_xai_batches_are_capped_per_team_with_a_429_naming_the_limit(server: ServerProcess) -> None:
     key, other = team_key(server), team_key(server)
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
-        codes = at_once([lambda n=n: http.post("/xai/v1/batches", json={"name": f"open {n}"})
-                         for n in range(CONCURRENT)])
+        codes = at_once(
+            [lambda n=n: http.post("/xai/v1/batches", json={"name": f"open {n}"}) for n in range(CONCURRENT)]
+        )
         assert sorted(codes) == [200] * 3 + [429] * (CONCURRENT - 3), codes
         refused = http.post("/xai/v1/batches", json={"name": "one more"})
         assert refused.status_code == 429

@@ -16,8 +16,12 @@ from tests.s3 import BUCKET, MotoS3Process
 
 def test_batches_run_with_files_in_s3(upstream: FakeUpstreamProcess, s3: MotoS3Process, make_server) -> None:
     prefix = f"e2e-{secrets.token_hex(4)}"
-    config = {"models": [upstream_model_config(upstream.url)], "engine": dict(ENGINE),
-              "storage": {"files": f"s3://{BUCKET}/{prefix}"}, "limits": {"max_upload_bytes": 100_000}}
+    config = {
+        "models": [upstream_model_config(upstream.url)],
+        "engine": dict(ENGINE),
+        "storage": {"files": f"s3://{BUCKET}/{prefix}"},
+        "limits": {"max_upload_bytes": 100_000},
+    }
     server = make_server(config, env=s3.env)
     rows = [chat_line(f"r{i}", f"hello {i}") for i in range(25)]
     with openai_client(server) as client:

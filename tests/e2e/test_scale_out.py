@@ -30,8 +30,9 @@ ADMIN = "scale-admin"
 MAX_CONCURRENCY = 30
 
 
-def cluster_config(postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess,
-                   **deployment: Any) -> dict[str, Any]:
+def cluster_config(
+    postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, **deployment: Any
+) -> dict[str, Any]:
     return {
         "storage": {"database": postgres.new_database(), "files": f"s3://{BUCKET}/{secrets.token_hex(4)}"},
         "models": [upstream_model_config(upstream.url, **deployment)],
@@ -60,15 +61,20 @@ def succeeded_calls(metrics_port: int) -> float:
 
 
 def test_two_api_servers_and_three_workers_hold_the_global_limit_through_a_kill_and_a_restart(
-    postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, tmp_path: Path,
+    postgres: PostgresCluster,
+    s3: MotoS3Process,
+    upstream: FakeUpstreamProcess,
+    tmp_path: Path,
     processes: list[ServerProcess],
 ) -> None:
     config = cluster_config(postgres, s3, upstream, max_concurrency=MAX_CONCURRENCY)
     env = {**s3.env, "BATCHGATE_ADMIN_KEY": ADMIN}
     apis = [ServerProcess(config, env, workdir=tmp_path / f"api{i}", extra_args=["--no-engine"]) for i in range(2)]
     metrics_ports = [free_port() for _ in range(3)]
-    workers = [WorkerProcess(config, env, workdir=tmp_path / f"worker{i}", extra_args=["--metrics-port", str(port)])
-               for i, port in enumerate(metrics_ports)]
+    workers = [
+        WorkerProcess(config, env, workdir=tmp_path / f"worker{i}", extra_args=["--metrics-port", str(port)])
+        for i, port in enumerate(metrics_ports)
+    ]
     processes.extend(apis + workers)
     for process in apis + workers:
         process.start()
@@ -79,15 +85,28 @@ def test_two_api_servers_and_three_workers_hold_the_global_limit_through_a_kill_
     with openai_client(apis[0], api_key=ADMIN) as first, openai_client(apis[1], api_key=ADMIN) as second:
         batch = submit(first, rows)
         assert second.batches.retrieve(batch.id).id == batch.id  # one database behind both servers
-        wait_batch(second, batch.id, lambda b: b.request_counts.completed >= 300, timeout=60,
-                   what="the workers never got going")
+        wait_batch(
+            second,
+            batch.id,
+            lambda b: b.request_counts.completed >= 300,
+            timeout=60,
+            what="the workers never got going",
+        )
         # The slots are shared: the worker that leased all 30 first drains to its part and the
         # others grow into it (it used to refill them forever while the others waited: 0, 0, 371).
-        poll_until(lambda: all(succeeded_calls(port) >= 50 for port in metrics_ports), 30,
-                   message=lambda: f"not every worker ran calls: {[succeeded_calls(p) for p in metrics_ports]}")
+        poll_until(
+            lambda: all(succeeded_calls(port) >= 50 for port in metrics_ports),
+            30,
+            message=lambda: f"not every worker ran calls: {[succeeded_calls(p) for p in metrics_ports]}",
+        )
         workers[0].kill()  # SIGKILL mid-run: its rows and slots come back when their leases expire
-        wait_batch(second, batch.id, lambda b: b.request_counts.completed >= 900, timeout=60,
-                   what="the batch stalled after a worker was killed")
+        wait_batch(
+            second,
+            batch.id,
+            lambda b: b.request_counts.completed >= 900,
+            timeout=60,
+            what="the batch stalled after a worker was killed",
+        )
         assert workers[1].stop() == 0  # SIGTERM: stops claiming, hands its rows back, exits cleanly
         workers[1].start().wait_ready(60)
 
@@ -105,7 +124,10 @@ def test_two_api_servers_and_three_workers_hold_the_global_limit_through_a_kill_
 
 
 def test_an_api_only_server_leaves_batches_to_the_workers(
-    postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, tmp_path: Path,
+    postgres: PostgresCluster,
+    s3: MotoS3Process,
+    upstream: FakeUpstreamProcess,
+    tmp_path: Path,
     processes: list[ServerProcess],
 ) -> None:
     config = cluster_config(postgres, s3, upstream, max_concurrency=4)
@@ -118,8 +140,9 @@ def test_an_api_only_server_leaves_batches_to_the_workers(
         # Nothing validates it while no engine runs: it is still waiting after a full status round trip.
         assert client.batches.retrieve(batch.id).status == "validating"
         metrics_port = free_port()
-        worker = WorkerProcess(config, s3.env, workdir=tmp_path / "worker",
-                               extra_args=["--metrics-port", str(metrics_port)])
+        worker = WorkerProcess(
+            config, s3.env, workdir=tmp_path / "worker", extra_args=["--metrics-port", str(metrics_port)]
+        )
         processes.append(worker)
         worker.start().wait_ready(60)
         done = wait_terminal(client, batch.id, timeout=60)
@@ -144,7 +167,10 @@ def test_an_api_only_server_leaves_batches_to_the_workers(
 
 
 def test_three_workers_share_one_rpm_budget(
-    postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, tmp_path: Path,
+    postgres: PostgresCluster,
+    s3: MotoS3Process,
+    upstream: FakeUpstreamProcess,
+    tmp_path: Path,
     processes: list[ServerProcess],
 ) -> None:
     """rpm 1200 configured and enforced by the upstream (60 calls in any 3 s): three workers pace
@@ -168,7 +194,10 @@ def test_three_workers_share_one_rpm_budget(
 
 
 def test_a_keys_rpm_holds_across_api_servers(
-    postgres: PostgresCluster, s3: MotoS3Process, upstream: FakeUpstreamProcess, tmp_path: Path,
+    postgres: PostgresCluster,
+    s3: MotoS3Process,
+    upstream: FakeUpstreamProcess,
+    tmp_path: Path,
     processes: list[ServerProcess],
 ) -> None:
     """Two API servers behind a load balancer: a key's `rpm` counts its requests on both together

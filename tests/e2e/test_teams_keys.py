@@ -100,8 +100,12 @@ def request_cost(content: str) -> float:
 
 
 def xai_chat(rid: str, text: str, model: str = MODEL, **body: Any) -> dict[str, Any]:
-    return {"batch_request_id": rid, "batch_request": {"chat_get_completion": {
-        "model": model, "messages": [{"role": "user", "content": text}], **body}}}
+    return {
+        "batch_request_id": rid,
+        "batch_request": {
+            "chat_get_completion": {"model": model, "messages": [{"role": "user", "content": text}], **body}
+        },
+    }
 
 
 @dataclass
@@ -136,13 +140,15 @@ class Admin:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def tenant(self, team: dict[str, Any] | None = None, *, team_fields: dict[str, Any] | None = None,
-               **key_fields: Any) -> Tenant:
+    def tenant(
+        self, team: dict[str, Any] | None = None, *, team_fields: dict[str, Any] | None = None, **key_fields: Any
+    ) -> Tenant:
         team = team if team is not None else self.team(**(team_fields or {}))
         key = self.key(team, **key_fields)
         client = self.stack.enter_context(openai_client(self.server, api_key=key["key"]))
         http = self.stack.enter_context(
-            httpx.Client(base_url=self.server.url, headers=bearer(key["key"]), timeout=15.0))
+            httpx.Client(base_url=self.server.url, headers=bearer(key["key"]), timeout=15.0)
+        )
         return Tenant(team, key, client, http)
 
 
@@ -160,8 +166,9 @@ def admin(module_admin: Admin, upstream: FakeUpstreamProcess) -> Admin:
     return module_admin
 
 
-def wait_xai(http: httpx.Client, batch_id: str, cond: Callable[[dict[str, Any]], bool],
-             timeout: float = 20.0) -> dict[str, Any]:
+def wait_xai(
+    http: httpx.Client, batch_id: str, cond: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+) -> dict[str, Any]:
     last: list[Any] = []
 
     def check() -> dict[str, Any] | None:
@@ -180,8 +187,9 @@ def lines(prefix: str, n: int, text: str = "hello", model: str = MODEL) -> list[
 # ---------------------------------------------------------------------------- admin API: teams
 def test_create_team_returns_it_and_list_shows_it(admin: Admin) -> None:
     name = unique("research")
-    r = admin.http.post("/admin/teams", json={"name": name, "weight": 2.5, "budget_usd": 50,
-                                              "max_queued_requests": 1000})
+    r = admin.http.post(
+        "/admin/teams", json={"name": name, "weight": 2.5, "budget_usd": 50, "max_queued_requests": 1000}
+    )
     assert r.status_code == 200, r.text
     team = r.json()
     assert team["name"] == name
@@ -211,22 +219,26 @@ def test_duplicate_team_name_is_409(admin: Admin) -> None:
     assert names.count(team["name"]) == 1
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({}, "name"),
-    ({"name": ""}, "name"),
-    ({"name": 7}, "name"),
-    ({"name": ["x"]}, "name"),
-    ({"name": "x" * 129}, "name"),
-    ({"weight": "heavy"}, "weight"),
-    ({"weight": True}, "weight"),
-    ({"weight": 0}, "weight"),
-    ({"weight": -1}, "weight"),
-    ({"budget_usd": "ten"}, "budget_usd"),
-    ({"budget_usd": -1}, "budget_usd"),
-    ({"max_queued_requests": 2.5}, "max_queued_requests"),
-    ({"max_queued_requests": "10"}, "max_queued_requests"),
-    ({"max_queued_requests": -1}, "max_queued_requests"),
-], ids=lambda v: json.dumps(v) if isinstance(v, dict) else v)
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "name"),
+        ({"name": ""}, "name"),
+        ({"name": 7}, "name"),
+        ({"name": ["x"]}, "name"),
+        ({"name": "x" * 129}, "name"),
+        ({"weight": "heavy"}, "weight"),
+        ({"weight": True}, "weight"),
+        ({"weight": 0}, "weight"),
+        ({"weight": -1}, "weight"),
+        ({"budget_usd": "ten"}, "budget_usd"),
+        ({"budget_usd": -1}, "budget_usd"),
+        ({"max_queued_requests": 2.5}, "max_queued_requests"),
+        ({"max_queued_requests": "10"}, "max_queued_requests"),
+        ({"max_queued_requests": -1}, "max_queued_requests"),
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
+)
 def test_bad_team_fields_are_400_naming_the_param(admin: Admin, body: dict[str, Any], param: str) -> None:
     name = unique("bad")
     payload = {"name": name, **body} if "name" not in body and body else body
@@ -243,8 +255,9 @@ def test_team_body_must_be_a_json_object(admin: Admin, raw: bytes) -> None:
 # ---------------------------------------------------------------------------- admin API: keys
 def test_create_key_shows_the_full_key_once(admin: Admin) -> None:
     team = admin.team("keys")
-    r = admin.http.post("/admin/keys", json={"team": team["name"], "name": "nightly", "models": [MODEL],
-                                             "rpm": 600, "budget_usd": 12.5})
+    r = admin.http.post(
+        "/admin/keys", json={"team": team["name"], "name": "nightly", "models": [MODEL], "rpm": 600, "budget_usd": 12.5}
+    )
     assert r.status_code == 200, r.text
     key = r.json()
     secret = key["key"]
@@ -280,24 +293,29 @@ def test_two_keys_never_share_a_secret(admin: Admin) -> None:
     assert a["key"] != b["key"] and a["id"] != b["id"]
 
 
-@pytest.mark.parametrize(("body", "status", "param"), [
-    ({}, 400, "team"),
-    ({"team": 5}, 400, "team"),
-    ({"team": "no-such-team-anywhere"}, 404, "team"),
-    ({"models": ["nope-model"]}, 400, "models"),
-    ({"models": [MODEL, "nope-model"]}, 400, "models"),
-    ({"models": MODEL}, 400, "models"),
-    ({"models": [1]}, 400, "models"),
-    ({"rpm": "fast"}, 400, "rpm"),
-    ({"rpm": 0}, 400, "rpm"),
-    ({"rpm": 1.5}, 400, "rpm"),
-    ({"rpm": True}, 400, "rpm"),
-    ({"name": "k" * 129}, 400, "name"),
-    ({"budget_usd": "lots"}, 400, "budget_usd"),
-    ({"budget_usd": -0.5}, 400, "budget_usd"),
-], ids=lambda v: json.dumps(v) if isinstance(v, dict) else str(v))
-def test_bad_key_fields_are_refused_naming_the_param(admin: Admin, body: dict[str, Any], status: int,
-                                                     param: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({}, 400, "team"),
+        ({"team": 5}, 400, "team"),
+        ({"team": "no-such-team-anywhere"}, 404, "team"),
+        ({"models": ["nope-model"]}, 400, "models"),
+        ({"models": [MODEL, "nope-model"]}, 400, "models"),
+        ({"models": MODEL}, 400, "models"),
+        ({"models": [1]}, 400, "models"),
+        ({"rpm": "fast"}, 400, "rpm"),
+        ({"rpm": 0}, 400, "rpm"),
+        ({"rpm": 1.5}, 400, "rpm"),
+        ({"rpm": True}, 400, "rpm"),
+        ({"name": "k" * 129}, 400, "name"),
+        ({"budget_usd": "lots"}, 400, "budget_usd"),
+        ({"budget_usd": -0.5}, 400, "budget_usd"),
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else str(v),
+)
+def test_bad_key_fields_are_refused_naming_the_param(
+    admin: Admin, body: dict[str, Any], status: int, param: str
+) -> None:
     team = admin.team("badkey")
     payload = {"team": team["name"], **body} if "team" not in body and body else body
     before = len(admin.http.get("/admin/keys").json()["data"])
@@ -321,8 +339,9 @@ def test_revoked_key_is_refused_on_the_very_next_request(admin: Admin) -> None:
     assert other.client.files.list().data == []
 
 
-def test_open_local_mode_revoked_key_gains_nothing(make_server: Callable[..., ServerProcess],
-                                                   upstream: FakeUpstreamProcess) -> None:
+def test_open_local_mode_revoked_key_gains_nothing(
+    make_server: Callable[..., ServerProcess], upstream: FakeUpstreamProcess
+) -> None:
     """Without an admin key (loopback only) team keys still scope their callers (README); revoking one
     must not turn its holder into the admin who sees every team."""
     srv = make_server(config(upstream.url))
@@ -369,8 +388,11 @@ def test_team_key_gets_403_on_every_admin_route(admin: Admin) -> None:
     assert tenant.client.files.list().data == []  # its own key was not revoked
 
 
-@pytest.mark.parametrize("headers", [{}, bearer("wrong"), bearer(ADMIN_KEY + "x"), {"Authorization": ADMIN_KEY}],
-                         ids=["none", "wrong", "longer", "no-scheme"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, bearer("wrong"), bearer(ADMIN_KEY + "x"), {"Authorization": ADMIN_KEY}],
+    ids=["none", "wrong", "longer", "no-scheme"],
+)
 def test_no_or_bad_key_gets_401_on_every_admin_route(admin: Admin, headers: dict[str, str]) -> None:
     key = admin.key(admin.team())
     for method, path, body in admin_routes(key["id"]):
@@ -428,8 +450,10 @@ def world(module_admin: Admin) -> World:
     r = a.http.post("/xai/v1/batches", json={"name": "a-open"})
     assert r.status_code == 200, r.text
     xai_id = r.json()["batch_id"]
-    r = a.http.post(f"/xai/v1/batches/{xai_id}/requests",
-                    json={"batch_requests": [xai_chat("x1", "alpha x1"), xai_chat("x2", "alpha x2")]})
+    r = a.http.post(
+        f"/xai/v1/batches/{xai_id}/requests",
+        json={"batch_requests": [xai_chat("x1", "alpha x1"), xai_chat("x2", "alpha x2")]},
+    )
     assert r.status_code == 200, r.text
     wait_xai(a.http, xai_id, lambda x: x["state"]["num_success"] == 2)
 
@@ -439,7 +463,10 @@ def world(module_admin: Admin) -> World:
     assert r.status_code == 200, r.text
     files = {"input": done.input_file_id, "output": done.output_file_id, "error": done.error_file_id}
     return World(
-        a=a, b=b, files=files, batches={"openai": batch.id, "xai": xai_id},
+        a=a,
+        b=b,
+        files=files,
+        batches={"openai": batch.id, "xai": xai_id},
         a_file_objects={k: a.http.get(f"/v1/files/{v}").json() for k, v in files.items()},
         a_contents={k: a.client.files.content(v).content for k, v in files.items()},
         b_ids=[b_file.id, r.json()["batch_id"]],
@@ -484,7 +511,9 @@ def assert_same_as_unknown(theirs: httpx.Response, unknown: httpx.Response, real
     assert theirs.status_code == unknown.status_code == 404, (theirs.text, unknown.text)
     mine, ref = assert_error(theirs, 404), assert_error(unknown, 404)
     assert {**mine, "message": mine["message"].replace(real_id, "<ID>")} == {
-        **ref, "message": ref["message"].replace(fake_id, "<ID>")}
+        **ref,
+        "message": ref["message"].replace(fake_id, "<ID>"),
+    }
     assert _comparable_headers(theirs) == _comparable_headers(unknown)
 
 
@@ -507,10 +536,12 @@ def a_sees_unchanged(world: World, kind: str, name: str, object_id: str) -> None
         assert r.json()["status"] == "in_progress"
 
 
-@pytest.mark.parametrize(("method", "template", "kind", "body"), ID_ROUTES,
-                         ids=[f"{m} {p}" for m, p, _, _ in ID_ROUTES])
-def test_other_teams_ids_answer_like_unknown_ones(world: World, method: str, template: str, kind: str,
-                                                  body: Any) -> None:
+@pytest.mark.parametrize(
+    ("method", "template", "kind", "body"), ID_ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ID_ROUTES]
+)
+def test_other_teams_ids_answer_like_unknown_ones(
+    world: World, method: str, template: str, kind: str, body: Any
+) -> None:
     ids = world.files if kind == "file" else world.batches
     for name, real_id in ids.items():
         fake_id = unknown_like(real_id)
@@ -576,8 +607,12 @@ def test_key_models_narrow_what_its_batches_may_use(admin: Admin) -> None:
     r = tenant.http.post("/xai/v1/batches", json={"name": "narrow"})
     assert r.status_code == 200, r.text
     xai_id = r.json()["batch_id"]
-    err = assert_error(tenant.http.post(f"/xai/v1/batches/{xai_id}/requests",
-                                        json={"batch_requests": [xai_chat("o1", "other", model=OTHER)]}), 400)
+    err = assert_error(
+        tenant.http.post(
+            f"/xai/v1/batches/{xai_id}/requests", json={"batch_requests": [xai_chat("o1", "other", model=OTHER)]}
+        ),
+        400,
+    )
     assert "model" in (err["param"] or "")
     r = tenant.http.post(f"/xai/v1/batches/{xai_id}/requests", json={"batch_requests": [xai_chat("m1", "mine")]})
     assert r.status_code == 200, r.text
@@ -610,21 +645,29 @@ def test_team_queue_cap_refuses_creates_that_would_pass_it(admin: Admin) -> None
     first = submit(tenant.client, slow)
 
     three = upload(tenant.client, lines("t", 3))
-    err = sdk_error(lambda: tenant.client.batches.create(input_file_id=three.id, endpoint=CHAT,
-                                                         completion_window="24h"), 429)
+    err = sdk_error(
+        lambda: tenant.client.batches.create(input_file_id=three.id, endpoint=CHAT, completion_window="24h"), 429
+    )
     assert err["code"] == "max_queued_requests_exceeded", err
     assert "5" in err["message"] and "queue" in err["message"].lower(), err
 
     second = submit(tenant.client, [chat_line(f"u{i}", f"slow two {i} @latency:2500") for i in range(2)])
     # Now exactly 5 are queued: even one more is refused, through the xAI dialect as well.
     one = upload(tenant.client, lines("o", 1))
-    sdk_error(lambda: tenant.client.batches.create(input_file_id=one.id, endpoint=CHAT, completion_window="24h"),
-              429, code="max_queued_requests_exceeded")
+    sdk_error(
+        lambda: tenant.client.batches.create(input_file_id=one.id, endpoint=CHAT, completion_window="24h"),
+        429,
+        code="max_queued_requests_exceeded",
+    )
     r = tenant.http.post("/xai/v1/batches", json={"name": "capped"})
     assert r.status_code == 200, r.text
-    assert_error(tenant.http.post(f"/xai/v1/batches/{r.json()['batch_id']}/requests",
-                                  json={"batch_requests": [xai_chat("c1", "capped")]}),
-                 429, code="max_queued_requests_exceeded")
+    assert_error(
+        tenant.http.post(
+            f"/xai/v1/batches/{r.json()['batch_id']}/requests", json={"batch_requests": [xai_chat("c1", "capped")]}
+        ),
+        429,
+        code="max_queued_requests_exceeded",
+    )
 
     for b in (first, second):
         assert wait_terminal(tenant.client, b.id).status == "completed"
@@ -636,8 +679,11 @@ def test_team_queue_cap_refuses_creates_that_would_pass_it(admin: Admin) -> None
 def test_queue_cap_also_holds_for_sealed_xai_batches(admin: Admin) -> None:
     tenant = admin.tenant(team_fields={"max_queued_requests": 2})
     three = upload(tenant.client, lines("x", 3))
-    sdk_error(lambda: tenant.client.batches.create(input_file_id=three.id, endpoint=CHAT, completion_window="24h"),
-              429, code="max_queued_requests_exceeded")
+    sdk_error(
+        lambda: tenant.client.batches.create(input_file_id=three.id, endpoint=CHAT, completion_window="24h"),
+        429,
+        code="max_queued_requests_exceeded",
+    )
     # The same 3 requests as a sealed xAI batch are a create that would pass the cap too.
     r = tenant.http.post("/xai/v1/batches", json={"name": "sealed", "input_file_id": three.id})
     assert_error(r, 429, code="max_queued_requests_exceeded")
@@ -659,13 +705,21 @@ def test_key_over_budget_gets_new_batches_refused(admin: Admin) -> None:
     assert request_cost(content) > TINY_BUDGET
 
     refused = upload(spender.client, lines("k", 1))
-    err = sdk_error(lambda: spender.client.batches.create(input_file_id=refused.id, endpoint=CHAT,
-                                                          completion_window="24h"), 429, code="budget_exceeded")
+    err = sdk_error(
+        lambda: spender.client.batches.create(input_file_id=refused.id, endpoint=CHAT, completion_window="24h"),
+        429,
+        code="budget_exceeded",
+    )
     assert "budget" in err["message"].lower(), err
     r = spender.http.post("/xai/v1/batches", json={"name": "broke"})
     if r.status_code == 200:  # an empty open batch may be created; adding work to it may not
-        assert_error(spender.http.post(f"/xai/v1/batches/{r.json()['batch_id']}/requests",
-                                       json={"batch_requests": [xai_chat("b1", "more")]}), 429, code="budget_exceeded")
+        assert_error(
+            spender.http.post(
+                f"/xai/v1/batches/{r.json()['batch_id']}/requests", json={"batch_requests": [xai_chat("b1", "more")]}
+            ),
+            429,
+            code="budget_exceeded",
+        )
     else:
         assert_error(r, 429, code="budget_exceeded")
     # The budget is the key's: another key of the same team still works.
@@ -678,9 +732,11 @@ def test_team_over_budget_gets_new_batches_refused_for_every_key(admin: Admin) -
     run_one(tenant, "t1")
     for who in (tenant, admin.tenant(tenant.team)):  # the same key, and a key made afterwards
         f = upload(who.client, lines("t", 1))
-        err = sdk_error(lambda w=who, f=f: w.client.batches.create(input_file_id=f.id, endpoint=CHAT,
-                                                                   completion_window="24h"),
-                        429, code="budget_exceeded")
+        err = sdk_error(
+            lambda w=who, f=f: w.client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h"),
+            429,
+            code="budget_exceeded",
+        )
         assert "budget" in err["message"].lower() and tenant.team["name"] in err["message"], err
     # Other teams are not affected.
     other = admin.tenant()
@@ -691,8 +747,11 @@ def test_sealed_xai_create_is_refused_over_budget(admin: Admin) -> None:
     tenant = admin.tenant(budget_usd=TINY_BUDGET)
     run_one(tenant, "x1")
     f = upload(tenant.client, lines("x", 2))
-    sdk_error(lambda: tenant.client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h"),
-              429, code="budget_exceeded")
+    sdk_error(
+        lambda: tenant.client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h"),
+        429,
+        code="budget_exceeded",
+    )
     r = tenant.http.post("/xai/v1/batches", json={"name": "sealed-broke", "input_file_id": f.id})
     assert_error(r, 429, code="budget_exceeded")
 
@@ -716,7 +775,8 @@ def test_running_batch_stops_when_its_team_goes_over_budget(admin: Admin, upstre
 
 
 def test_batch_whose_last_request_spends_the_budget_still_completes(
-        make_server: Callable[..., ServerProcess], upstream: FakeUpstreamProcess) -> None:
+    make_server: Callable[..., ServerProcess], upstream: FakeUpstreamProcess
+) -> None:
     """A batch with no unfinished line left has nothing to stop: it completes, even if the spend check
     runs between its last result and its completion (a slow engine poll makes that happen every time)."""
     cfg = config(upstream.url)
@@ -743,8 +803,9 @@ def test_usage_per_team_key_and_model(admin: Admin) -> None:
         (first, OTHER, [f"usage other {i}" for i in range(2)]),
         (second, MODEL, ["usage second 0"]),
     ]
-    started = [(t, m, c, submit(t.client, [chat_line(f"u{i}", x, model=m) for i, x in enumerate(c)]))
-               for t, m, c in plans]
+    started = [
+        (t, m, c, submit(t.client, [chat_line(f"u{i}", x, model=m) for i, x in enumerate(c)])) for t, m, c in plans
+    ]
     for t, _, _, b in started:
         assert wait_terminal(t.client, b.id).status == "completed"
 
@@ -773,12 +834,15 @@ def test_usage_per_team_key_and_model(admin: Admin) -> None:
     assert len(since) == 3
 
 
-@pytest.mark.parametrize(("params", "status", "param"), [
-    ({"team": "no-such-team-at-all"}, 404, "team"),
-    ({"since": "yesterday"}, 400, "since"),
-    ({"since": "-5"}, 400, "since"),
-    ({"since": "1.5"}, 400, "since"),
-])
+@pytest.mark.parametrize(
+    ("params", "status", "param"),
+    [
+        ({"team": "no-such-team-at-all"}, 404, "team"),
+        ({"since": "yesterday"}, 400, "since"),
+        ({"since": "-5"}, 400, "since"),
+        ({"since": "1.5"}, 400, "since"),
+    ],
+)
 def test_usage_bad_filters(admin: Admin, params: dict[str, str], status: int, param: str) -> None:
     assert_error(admin.http.get("/admin/usage", params=params), status, param=param)
 
@@ -796,8 +860,15 @@ class CliResult:
 
 def bg(server: ServerProcess, *args: str, api_key: str = ADMIN_KEY, cwd: Path) -> CliResult:
     cmd = [sys.executable, "-m", "batchgate", *args, "--api-key", api_key, "--base-url", server.base_url]
-    proc = subprocess.run(cmd, cwd=cwd, env=python_env({"COLUMNS": "250", "NO_COLOR": "1"}),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=python_env({"COLUMNS": "250", "NO_COLOR": "1"}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -863,21 +934,32 @@ def evil() -> Iterator[FakeUpstreamProcess]:
         yield proc
 
 
-def test_no_client_input_changes_the_upstream_host(admin: Admin, upstream: FakeUpstreamProcess,
-                                                   evil: FakeUpstreamProcess) -> None:
+def test_no_client_input_changes_the_upstream_host(
+    admin: Admin, upstream: FakeUpstreamProcess, evil: FakeUpstreamProcess
+) -> None:
     wait_upstream_idle(upstream)
     upstream.reset()
     evil.reset()
     tenant = admin.tenant()
     c = tenant.client
     evil_host = f"127.0.0.1:{evil.port}"
-    evil_headers = {"Host": evil_host, "X-Forwarded-Host": evil_host, "X-Forwarded-For": "127.0.0.1",
-                    "X-Forwarded-Proto": "http", "Forwarded": f"host={evil_host};proto=http",
-                    "X-Real-IP": "127.0.0.1", "X-Original-URL": evil.url}
+    evil_headers = {
+        "Host": evil_host,
+        "X-Forwarded-Host": evil_host,
+        "X-Forwarded-For": "127.0.0.1",
+        "X-Forwarded-Proto": "http",
+        "Forwarded": f"host={evil_host};proto=http",
+        "X-Real-IP": "127.0.0.1",
+        "X-Original-URL": evil.url,
+    }
 
     # 1. A line's url naming another host fails validation.
-    bad_urls = [f"{evil.url}/chat/completions", "http://evil.example/v1/chat/completions",
-                "//evil.example/v1/chat/completions", f"{evil.root_url}/v1/chat/completions"]
+    bad_urls = [
+        f"{evil.url}/chat/completions",
+        "http://evil.example/v1/chat/completions",
+        "//evil.example/v1/chat/completions",
+        f"{evil.root_url}/v1/chat/completions",
+    ]
     url_rows = [{**chat_line(f"url{i}", "where to"), "url": u} for i, u in enumerate(bad_urls)]
     done = wait_terminal(c, submit(c, [chat_line("fine", "fine"), *url_rows]).id)
     assert done.status == "failed", done
@@ -900,33 +982,61 @@ def test_no_client_input_changes_the_upstream_host(admin: Admin, upstream: FakeU
 
     # 3. The batch's endpoint cannot be a URL; x-tfy-provider-name cannot name a host.
     f = upload(c, lines("e", 1))
-    sdk_error(lambda: c.batches.create(input_file_id=f.id, endpoint=f"{evil.url}/chat/completions",
-                                       completion_window="24h"), 400, param="endpoint")
+    sdk_error(
+        lambda: c.batches.create(input_file_id=f.id, endpoint=f"{evil.url}/chat/completions", completion_window="24h"),
+        400,
+        param="endpoint",
+    )
     for provider in (evil_host, evil.url, "evil.example"):
         for prefix in ("/v1", "/api/llm"):
-            assert_error(tenant.http.post(prefix + "/files", headers={"x-tfy-provider-name": provider},
-                                          files={"file": ("p.jsonl", b"{}\n"), "purpose": (None, "batch")}),
-                         400, param="x-tfy-provider-name")
-            assert_error(tenant.http.post(prefix + "/batches", headers={"x-tfy-provider-name": provider},
-                                          json={"input_file_id": f.id, "endpoint": CHAT, "completion_window": "24h"}),
-                         400, param="x-tfy-provider-name")
+            assert_error(
+                tenant.http.post(
+                    prefix + "/files",
+                    headers={"x-tfy-provider-name": provider},
+                    files={"file": ("p.jsonl", b"{}\n"), "purpose": (None, "batch")},
+                ),
+                400,
+                param="x-tfy-provider-name",
+            )
+            assert_error(
+                tenant.http.post(
+                    prefix + "/batches",
+                    headers={"x-tfy-provider-name": provider},
+                    json={"input_file_id": f.id, "endpoint": CHAT, "completion_window": "24h"},
+                ),
+                400,
+                param="x-tfy-provider-name",
+            )
 
     # 4. Body fields and request headers that name another host run, on the configured upstream only.
-    tricks = {"base_url": evil.url, "api_base": evil.url, "azure_endpoint": evil.url, "url": evil.url,
-              "host": evil_host, "extra_headers": {"Host": evil_host}, "api_key": "client-chosen-key"}
+    tricks = {
+        "base_url": evil.url,
+        "api_base": evil.url,
+        "azure_endpoint": evil.url,
+        "url": evil.url,
+        "host": evil_host,
+        "extra_headers": {"Host": evil_host},
+        "api_key": "client-chosen-key",
+    }
     rows = [chat_line(f"body{i}", f"trick {i}", **{k: v}) for i, (k, v) in enumerate(tricks.items())]
-    uploaded = c.files.create(file=("t.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in rows)),
-                              purpose="batch", extra_headers=evil_headers)
-    batch = c.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h",
-                             extra_headers=evil_headers)
+    uploaded = c.files.create(
+        file=("t.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in rows)),
+        purpose="batch",
+        extra_headers=evil_headers,
+    )
+    batch = c.batches.create(
+        input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h", extra_headers=evil_headers
+    )
     done = wait_terminal(c, batch.id)
     assert done.status == "completed", done
     out, _ = result_files(c, done, rows)
     assert len(out) == len(rows) and all(x["response"]["status_code"] == 200 for x in out.values())
     with httpx.Client(base_url=admin.server.url, timeout=15.0) as raw:  # the same through the TrueFoundry paths
-        r = raw.post("/api/llm/batches", json={"input_file_id": uploaded.id, "endpoint": CHAT,
-                                               "completion_window": "24h"},
-                     headers={**evil_headers, **bearer(tenant.secret)})
+        r = raw.post(
+            "/api/llm/batches",
+            json={"input_file_id": uploaded.id, "endpoint": CHAT, "completion_window": "24h"},
+            headers={**evil_headers, **bearer(tenant.secret)},
+        )
         assert r.status_code == 200, r.text
         assert wait_terminal(c, r.json()["id"]).status == "completed"
 
@@ -934,10 +1044,19 @@ def test_no_client_input_changes_the_upstream_host(admin: Admin, upstream: FakeU
     r = tenant.http.post("/xai/v1/batches", json={"name": "ssrf"}, headers=evil_headers)
     assert r.status_code == 200, r.text
     xai_id = r.json()["batch_id"]
-    assert_error(tenant.http.post(f"/xai/v1/batches/{xai_id}/requests", headers=evil_headers,
-                                  json={"batch_requests": [xai_chat("h", "host model", model=evil.url)]}), 400)
-    r = tenant.http.post(f"/xai/v1/batches/{xai_id}/requests", headers=evil_headers, json={"batch_requests": [
-        xai_chat("xb", "x base", base_url=evil.url, api_base=evil.url)]})
+    assert_error(
+        tenant.http.post(
+            f"/xai/v1/batches/{xai_id}/requests",
+            headers=evil_headers,
+            json={"batch_requests": [xai_chat("h", "host model", model=evil.url)]},
+        ),
+        400,
+    )
+    r = tenant.http.post(
+        f"/xai/v1/batches/{xai_id}/requests",
+        headers=evil_headers,
+        json={"batch_requests": [xai_chat("xb", "x base", base_url=evil.url, api_base=evil.url)]},
+    )
     assert r.status_code == 200, r.text
     wait_xai(tenant.http, xai_id, lambda x: x["state"]["num_success"] == 1)
 

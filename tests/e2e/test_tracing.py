@@ -41,8 +41,11 @@ def test_spans_cover_the_api_the_validation_every_attempt_and_the_finalisation(
 ) -> None:
     server = make_server(single_model_config(upstream.url, max_attempts=3), env=TRACING)
     batch_id, _ = run_batch(server)
-    spans = poll_until(lambda: (s := printed_spans(server)) and named(s, "batch finalize") and s, 15,
-                       message=lambda: f"no finalize span printed:\n{server.log_tail()}")
+    spans = poll_until(
+        lambda: (s := printed_spans(server)) and named(s, "batch finalize") and s,
+        15,
+        message=lambda: f"no finalize span printed:\n{server.log_tail()}",
+    )
 
     assert {s["resource"]["attributes"]["service.name"] for s in spans} == {"bg-test"}
     create = named(spans, "POST /batches")
@@ -54,8 +57,10 @@ def test_spans_cover_the_api_the_validation_every_attempt_and_the_finalisation(
     assert validate["attributes"] == {"batchgate.batch_id": batch_id}
 
     attempts = named(spans, "upstream /v1/chat/completions")
-    by_request = {(s["attributes"]["batchgate.custom_id"], s["attributes"]["batchgate.attempt"]): s["attributes"]
-                  for s in attempts}
+    by_request = {
+        (s["attributes"]["batchgate.custom_id"], s["attributes"]["batchgate.attempt"]): s["attributes"]
+        for s in attempts
+    }
     assert sorted(by_request) == [("flaky", 1), ("flaky", 2), ("ok", 1)]
     assert by_request[("flaky", 1)]["http.response.status_code"] == 500
     assert by_request[("flaky", 1)]["error.type"] == "500"
@@ -66,8 +71,11 @@ def test_spans_cover_the_api_the_validation_every_attempt_and_the_finalisation(
         assert attributes["batchgate.upstream_request_id"].startswith("req_")
 
     (finalize,) = named(spans, "batch finalize")
-    assert finalize["attributes"] == {"batchgate.batch_id": batch_id, "batchgate.status": "completed",
-                                      "batchgate.requests": 2}
+    assert finalize["attributes"] == {
+        "batchgate.batch_id": batch_id,
+        "batchgate.status": "completed",
+        "batchgate.requests": 2,
+    }
 
 
 def test_no_spans_without_the_environment(make_server: Any, upstream: FakeUpstreamProcess) -> None:

@@ -46,10 +46,13 @@ PINNED_MODEL = "pinned-model"  # two deployments, told apart at the upstream by 
 
 
 def config(upstream_url: str) -> dict[str, Any]:
-    pinned = {"name": PINNED_MODEL, "deployments": [
-        {"provider": "openai", "base_url": upstream_url, "name": "dep-a", "model": "up-a"},
-        {"provider": "openai", "base_url": upstream_url, "name": "dep-b", "model": "up-b"},
-    ]}
+    pinned = {
+        "name": PINNED_MODEL,
+        "deployments": [
+            {"provider": "openai", "base_url": upstream_url, "name": "dep-a", "model": "up-a"},
+            {"provider": "openai", "base_url": upstream_url, "name": "dep-b", "model": "up-b"},
+        ],
+    }
     # fake-model's one deployment keeps the default name "fake-model/0".
     return gateway_config(upstream_model_config(upstream_url), pinned, engine=ENGINE)
 
@@ -133,7 +136,9 @@ def test_job_name_kept_and_header_metadata_merged(tfy: dict[str, openai.OpenAI])
     c = tfy["/api/llm"]
     f = upload(c, rows(1, "j"))
     raw = raw_create(
-        c, f.id, metadata={"team": "body", "shared": "from-body"},
+        c,
+        f.id,
+        metadata={"team": "body", "shared": "from-body"},
         extra_body={"job_name": "nightly-eval"},
         extra_headers={META: json.dumps({"shared": "from-header", "owner": "alice"})},
     )
@@ -209,8 +214,7 @@ def test_metadata_header_limits_after_merge(tfy: dict[str, openai.OpenAI]) -> No
     # 10 body keys + 7 new header keys = 17 after the merge: refused, naming the header that pushed it over
     # (the body's metadata is valid on its own). The same for a header of 17 keys and no body metadata.
     header7 = {f"h{i}": "v" for i in range(7)}
-    err = assert_error(raw_create(c, f.id, metadata=body10, extra_headers={META: json.dumps(header7)}), 400,
-                       param=META)
+    err = assert_error(raw_create(c, f.id, metadata=body10, extra_headers={META: json.dumps(header7)}), 400, param=META)
     assert "16" in err["message"], err
     header17 = {f"h{i}": "v" for i in range(17)}
     err = assert_error(raw_create(c, f.id, extra_headers={META: json.dumps(header17)}), 400, param=META)
@@ -220,8 +224,9 @@ def test_metadata_header_limits_after_merge(tfy: dict[str, openai.OpenAI]) -> No
 
 
 # ---------------------------------------------------------------------------- x-tfy-provider-name
-def test_provider_header_pins_batch_to_one_deployment(tfy: dict[str, openai.OpenAI], upstream: FakeUpstreamProcess
-                                                      ) -> None:
+def test_provider_header_pins_batch_to_one_deployment(
+    tfy: dict[str, openai.OpenAI], upstream: FakeUpstreamProcess
+) -> None:
     c = tfy["/api/llm"]
     data = rows(12, "p", model=PINNED_MODEL, directive="@latency:100")
 
@@ -234,8 +239,11 @@ def test_provider_header_pins_batch_to_one_deployment(tfy: dict[str, openai.Open
     upstream.reset()
 
     # Pinned on upload: every request reaches dep-b (upstream model "up-b") and none dep-a.
-    f = c.files.create(file=("in.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in data)), purpose="batch",
-                       extra_headers={PROVIDER: "dep-b"})
+    f = c.files.create(
+        file=("in.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in data)),
+        purpose="batch",
+        extra_headers={PROVIDER: "dep-b"},
+    )
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     done = wait_terminal(c, b.id)
     assert done.status == "completed"
@@ -245,8 +253,9 @@ def test_provider_header_pins_batch_to_one_deployment(tfy: dict[str, openai.Open
 
     # Pinned on create (the file carries no pin): only dep-a.
     f = upload(c, data)
-    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
-                         extra_headers={PROVIDER: "dep-a"})
+    b = c.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", extra_headers={PROVIDER: "dep-a"}
+    )
     done = wait_terminal(c, b.id)
     assert done.request_counts.model_dump() == {"total": 12, "completed": 12, "failed": 0}
     assert upstream.stats()["models_seen"] == {"up-a": 12}
@@ -255,14 +264,19 @@ def test_provider_header_pins_batch_to_one_deployment(tfy: dict[str, openai.Open
         assert_echoed(out[r["custom_id"]], r)
 
 
-def test_default_deployment_name_is_model_slash_index(tfy: dict[str, openai.OpenAI], upstream: FakeUpstreamProcess
-                                                      ) -> None:
+def test_default_deployment_name_is_model_slash_index(
+    tfy: dict[str, openai.OpenAI], upstream: FakeUpstreamProcess
+) -> None:
     c = tfy["/api/llm/api/inference/openai"]
     data = rows(3, "d")
-    f = c.files.create(file=("in.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in data)), purpose="batch",
-                       extra_headers={PROVIDER: "fake-model/0"})
-    done = wait_terminal(c, c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                             completion_window="24h").id)
+    f = c.files.create(
+        file=("in.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in data)),
+        purpose="batch",
+        extra_headers={PROVIDER: "fake-model/0"},
+    )
+    done = wait_terminal(
+        c, c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id
+    )
     assert done.status == "completed" and done.request_counts.completed == 3
     assert upstream.stats()["models_seen"] == {"fake-model": 3}
 
@@ -270,8 +284,13 @@ def test_default_deployment_name_is_model_slash_index(tfy: dict[str, openai.Open
 def test_unknown_provider_name_is_400(tfy: dict[str, openai.OpenAI]) -> None:
     c = tfy["/api/llm"]
     files_before = [x.id for x in c.files.list()]
-    err = sdk_error(lambda: c.files.create(file=("in.jsonl", b"{}\n"), purpose="batch",
-                                           extra_headers={PROVIDER: "no-such-deployment"}), 400, param=PROVIDER)
+    err = sdk_error(
+        lambda: c.files.create(
+            file=("in.jsonl", b"{}\n"), purpose="batch", extra_headers={PROVIDER: "no-such-deployment"}
+        ),
+        400,
+        param=PROVIDER,
+    )
     assert "no-such-deployment" in err["message"]
     assert [x.id for x in c.files.list()] == files_before  # nothing stored
 
@@ -286,8 +305,11 @@ def test_pinned_deployment_not_serving_model_fails_validation(
 ) -> None:
     c = tfy["/api/llm"]
     data = rows(2, "w", model=model)
-    f = c.files.create(file=("in.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in data)), purpose="batch",
-                       extra_headers={PROVIDER: pin})
+    f = c.files.create(
+        file=("in.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in data)),
+        purpose="batch",
+        extra_headers={PROVIDER: pin},
+    )
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     done = wait_terminal(c, b.id)
     assert done.status == "failed", done
@@ -324,8 +346,11 @@ def test_output_returns_finished_lines_while_running(tfy: dict[str, openai.OpenA
     batch = submit(c, data)
 
     # Mid-run: exactly the six fast successes (not the failure, not the slow ones), on both prefixes.
-    mid = poll_until(lambda: (o := output(http, "/api/llm", batch.id)) and len(o) == 6 and o, 10,
-                     message="the fast results never showed up in /output")
+    mid = poll_until(
+        lambda: (o := output(http, "/api/llm", batch.id)) and len(o) == 6 and o,
+        10,
+        message="the fast results never showed up in /output",
+    )
     running = c.batches.retrieve(batch.id)
     assert running.status == "in_progress", running
     assert 0 < len(mid) < len(data)
@@ -342,13 +367,15 @@ def test_output_returns_finished_lines_while_running(tfy: dict[str, openai.OpenA
     assert done.request_counts.model_dump() == {"total": 10, "completed": 9, "failed": 1}
     final = output(http, "/api/llm/api/inference/openai", batch.id)
     assert len(final) == done.request_counts.completed
-    assert sorted(final, key=lambda x: x["custom_id"]) == sorted(file_lines(c, done.output_file_id),
-                                                                 key=lambda x: x["custom_id"])
+    assert sorted(final, key=lambda x: x["custom_id"]) == sorted(
+        file_lines(c, done.output_file_id), key=lambda x: x["custom_id"]
+    )
     assert_error(http.get("/api/llm/batches/batch_doesnotexist/output"), 404)
 
 
-def test_output_of_batch_with_nothing_finished_is_empty_array(tfy: dict[str, openai.OpenAI], http: httpx.Client
-                                                               ) -> None:
+def test_output_of_batch_with_nothing_finished_is_empty_array(
+    tfy: dict[str, openai.OpenAI], http: httpx.Client
+) -> None:
     c = tfy["/api/llm/api/inference/openai"]
     batch = submit(c, rows(2, "e", directive="@latency:20000"))
     wait_batch(c, batch.id, lambda b: b.status == "in_progress", what="never started")
@@ -357,8 +384,9 @@ def test_output_of_batch_with_nothing_finished_is_empty_array(tfy: dict[str, ope
     assert wait_terminal(c, batch.id).status == "cancelled"
 
 
-def test_cancel_under_prefix_keeps_finished_results(tfy: dict[str, openai.OpenAI], http: httpx.Client,
-                                                    upstream: FakeUpstreamProcess) -> None:
+def test_cancel_under_prefix_keeps_finished_results(
+    tfy: dict[str, openai.OpenAI], http: httpx.Client, upstream: FakeUpstreamProcess
+) -> None:
     c = tfy["/api/llm/api/inference/openai"]
     fast = rows(2, "cf")
     slow = rows(3, "cs", directive="@latency:30000")

@@ -26,8 +26,12 @@ from tests.harness import FakeUpstreamProcess, ServerProcess, chat_line, openai_
 
 # ---------------------------------------------------------------------------- helpers
 def config(upstream_url: str, **limits: int) -> dict[str, Any]:
-    return gateway_config(upstream_model_config(upstream_url), upstream_model_config(upstream_url, name="other-model"),
-                          engine=API_ENGINE, **limits)
+    return gateway_config(
+        upstream_model_config(upstream_url),
+        upstream_model_config(upstream_url, name="other-model"),
+        engine=API_ENGINE,
+        **limits,
+    )
 
 
 def run(client: openai.OpenAI, content: bytes, endpoint: str = CHAT) -> Batch:
@@ -40,8 +44,16 @@ def errors_of(batch: Batch) -> list[dict[str, Any]]:
     """The batch failed validation the way SPEC §2 says; returns its `errors.data` as dicts."""
     assert batch.status == "failed", batch
     assert batch.failed_at is not None and batch.failed_at >= batch.created_at
-    for name in ("in_progress_at", "finalizing_at", "completed_at", "expired_at", "cancelling_at", "cancelled_at",
-                 "output_file_id", "error_file_id"):
+    for name in (
+        "in_progress_at",
+        "finalizing_at",
+        "completed_at",
+        "expired_at",
+        "cancelling_at",
+        "cancelled_at",
+        "output_file_id",
+        "error_file_id",
+    ):
         assert getattr(batch, name) is None, name
     assert batch.request_counts is not None
     assert batch.request_counts.model_dump() == {"total": 0, "completed": 0, "failed": 0}
@@ -59,8 +71,9 @@ def summary(data: list[dict[str, Any]]) -> list[tuple[str, int | None, str | Non
     return [(e["code"], e["line"], e["param"]) for e in data]
 
 
-def fails_with(client: openai.OpenAI, content: bytes, expected: list[tuple[str, int | None, str | None]],
-               endpoint: str = CHAT) -> list[dict[str, Any]]:
+def fails_with(
+    client: openai.OpenAI, content: bytes, expected: list[tuple[str, int | None, str | None]], endpoint: str = CHAT
+) -> list[dict[str, Any]]:
     data = errors_of(run(client, content, endpoint))
     assert summary(data) == expected, data
     return data
@@ -75,8 +88,9 @@ def good(n: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- one code each
 def test_invalid_json_line(client: openai.OpenAI, upstream: FakeUpstreamProcess) -> None:
-    fails_with(client, jsonl(good(1), b'{"custom_id": "req-2", "method": "POST",', good(3)),
-               [("invalid_json_line", 2, None)])
+    fails_with(
+        client, jsonl(good(1), b'{"custom_id": "req-2", "method": "POST",', good(3)), [("invalid_json_line", 2, None)]
+    )
     assert upstream.stats()["requests_total"] == 0  # nothing of a bad file runs
 
 
@@ -90,8 +104,11 @@ def test_json_scalar_line_is_invalid(client: openai.OpenAI, raw: bytes) -> None:
 
 
 def test_non_utf8_line_is_invalid_json(client: openai.OpenAI) -> None:
-    fails_with(client, jsonl(good(1), good(2), b'{"custom_id": "\xff\xfe", "method": "POST"}'),
-               [("invalid_json_line", 3, None)])
+    fails_with(
+        client,
+        jsonl(good(1), good(2), b'{"custom_id": "\xff\xfe", "method": "POST"}'),
+        [("invalid_json_line", 3, None)],
+    )
 
 
 def test_missing_custom_id(client: openai.OpenAI) -> None:
@@ -152,8 +169,11 @@ def test_duplicate_custom_id_reports_the_repeat(client: openai.OpenAI) -> None:
 
 
 def test_mismatched_model(client: openai.OpenAI) -> None:
-    fails_with(client, jsonl(good(1), chat_line("req-2", "x", model="other-model"), good(3)),
-               [("mismatched_model", 2, "body.model")])
+    fails_with(
+        client,
+        jsonl(good(1), chat_line("req-2", "x", model="other-model"), good(3)),
+        [("mismatched_model", 2, "body.model")],
+    )
 
 
 def test_model_not_found(client: openai.OpenAI) -> None:
@@ -163,8 +183,9 @@ def test_model_not_found(client: openai.OpenAI) -> None:
 
 
 def test_streaming_unsupported(client: openai.OpenAI) -> None:
-    fails_with(client, jsonl(good(1), chat_line("req-2", "x", stream=True)),
-               [("streaming_unsupported", 2, "body.stream")])
+    fails_with(
+        client, jsonl(good(1), chat_line("req-2", "x", stream=True)), [("streaming_unsupported", 2, "body.stream")]
+    )
 
 
 def test_stream_false_is_fine(client: openai.OpenAI) -> None:
@@ -188,12 +209,16 @@ def test_several_errors_in_one_file_are_all_reported(client: openai.OpenAI) -> N
     del no_id["custom_id"]
     get = good(4)
     get["method"] = "GET"
-    data = fails_with(client, jsonl(good(1), no_id, b"{oops", get, good(1)), [
-        ("missing_required_parameter", 2, "custom_id"),
-        ("invalid_json_line", 3, None),
-        ("invalid_method", 4, "method"),
-        ("duplicate_custom_id", 5, "custom_id"),
-    ])
+    data = fails_with(
+        client,
+        jsonl(good(1), no_id, b"{oops", get, good(1)),
+        [
+            ("missing_required_parameter", 2, "custom_id"),
+            ("invalid_json_line", 3, None),
+            ("invalid_method", 4, "method"),
+            ("duplicate_custom_id", 5, "custom_id"),
+        ],
+    )
     assert len(data) == 4
 
 
@@ -248,8 +273,9 @@ def test_file_too_large(make_server: Callable[..., ServerProcess], upstream: Fak
         data = errors_of(run(c, content))
         assert [e["code"] for e in data] == ["file_too_large"]
         # Exactly at the limit is fine: one compact request padded with JSON whitespace to 100 bytes.
-        small = json.dumps({"custom_id": "a", "method": "POST", "url": CHAT, "body": {"model": "fake-model"}},
-                           separators=(",", ":")).encode()
+        small = json.dumps(
+            {"custom_id": "a", "method": "POST", "url": CHAT, "body": {"model": "fake-model"}}, separators=(",", ":")
+        ).encode()
         small = small[:-1] + b" " * (99 - len(small)) + b"}\n"
         assert len(small) == 100
         assert run(c, small).status == "completed"

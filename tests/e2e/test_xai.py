@@ -43,8 +43,18 @@ PRICE = {"input_per_mtok": 2.0, "output_per_mtok": 8.0}
 TICKS_PER_USD = 10**10
 MAX_ADD_REQUESTS = 5
 MAX_ADD_BYTES = 4096
-BATCH_KEYS = {"batch_id", "name", "input_file_id", "create_time", "create_api_key_id", "expire_time", "cancel_time",
-              "cancel_by_xai_message", "state", "cost_breakdown"}
+BATCH_KEYS = {
+    "batch_id",
+    "name",
+    "input_file_id",
+    "create_time",
+    "create_api_key_id",
+    "expire_time",
+    "cancel_time",
+    "cancel_by_xai_message",
+    "state",
+    "cost_breakdown",
+}
 STATE_KEYS = {"num_requests", "num_pending", "num_success", "num_error", "num_cancelled"}
 
 
@@ -52,7 +62,9 @@ def config(upstream_url: str) -> dict[str, Any]:
     return gateway_config(
         upstream_model_config(upstream_url, name=MODEL, price=PRICE),
         upstream_model_config(upstream_url, name=NARROW, max_concurrency=2),
-        engine=ENGINE, max_add_requests=MAX_ADD_REQUESTS, max_add_bytes=MAX_ADD_BYTES,
+        engine=ENGINE,
+        max_add_requests=MAX_ADD_REQUESTS,
+        max_add_bytes=MAX_ADD_BYTES,
     )
 
 
@@ -70,8 +82,11 @@ def xai(xai_server: ServerProcess, upstream: FakeUpstreamProcess) -> Iterator[ht
 
 # ---------------------------------------------------------------------------- helpers
 def chat(rid: str | None, text: str, model: str = MODEL, **body: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {"batch_request": {"chat_get_completion": {
-        "model": model, "messages": [{"role": "user", "content": text}], **body}}}
+    item: dict[str, Any] = {
+        "batch_request": {
+            "chat_get_completion": {"model": model, "messages": [{"role": "user", "content": text}], **body}
+        }
+    }
     if rid is not None:
         item["batch_request_id"] = rid
     return item
@@ -85,7 +100,7 @@ def responses(rid: str | None, text: str, model: str = MODEL) -> dict[str, Any]:
 
 
 def text_of(item: dict[str, Any]) -> str:
-    (kind, body), = item["batch_request"].items()
+    ((kind, body),) = item["batch_request"].items()
     return body["messages"][-1]["content"] if kind == "chat_get_completion" else body["input"]
 
 
@@ -121,8 +136,13 @@ def get(xai: httpx.Client, batch_id: str) -> dict[str, Any]:
     return r.json()
 
 
-def wait_state(xai: httpx.Client, batch_id: str, cond: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
-               what: str = "never reached the state") -> dict[str, Any]:
+def wait_state(
+    xai: httpx.Client,
+    batch_id: str,
+    cond: Callable[[dict[str, Any]], bool],
+    timeout: float = 20.0,
+    what: str = "never reached the state",
+) -> dict[str, Any]:
     last: list[dict[str, Any]] = []
 
     def check() -> dict[str, Any] | None:
@@ -133,8 +153,14 @@ def wait_state(xai: httpx.Client, batch_id: str, cond: Callable[[dict[str, Any]]
     return poll_until(check, timeout, 0.03, message=lambda: f"batch {batch_id} {what}: {last[0] if last else None}")
 
 
-def page_all(xai: httpx.Client, path: str, key: str, limit: int, timeout: float = 30.0,
-             on_page: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+def page_all(
+    xai: httpx.Client,
+    path: str,
+    key: str,
+    limit: int,
+    timeout: float = 30.0,
+    on_page: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Follow pagination_token from the first page until it is null; an empty page with a token is
     polled again (results may still be coming) until `timeout`."""
     items: list[dict[str, Any]] = []
@@ -176,7 +202,7 @@ def request_meta(xai: httpx.Client, batch_id: str, limit: int = 100) -> list[dic
 
 def assert_success(result: dict[str, Any], item: dict[str, Any]) -> int:
     """A result answering `item`, with usage and its cost as the config prices it; returns the cost."""
-    (kind, _), = item["batch_request"].items()
+    ((kind, _),) = item["batch_request"].items()
     assert set(result) == {"batch_request_id", "batch_result"}, result
     body = result["batch_result"]["response"][kind]
     text = text_of(item)
@@ -207,8 +233,7 @@ def test_create_empty_batch_shape(xai: httpx.Client) -> None:
     assert before - 2 <= created <= time.time() + 1
     assert rfc3339(batch["expire_time"]).timestamp() > created
     assert batch["cancel_time"] is None and batch["cancel_by_xai_message"] is None
-    assert batch["state"] == {"num_requests": 0, "num_pending": 0, "num_success": 0, "num_error": 0,
-                              "num_cancelled": 0}
+    assert batch["state"] == {"num_requests": 0, "num_pending": 0, "num_success": 0, "num_error": 0, "num_cancelled": 0}
     cost = batch["cost_breakdown"]
     assert set(cost) == {"total_cost_usd_ticks", "endpoint_costs", "calculation_time"}
     assert cost["total_cost_usd_ticks"] == 0 and cost["endpoint_costs"] == []
@@ -216,7 +241,8 @@ def test_create_empty_batch_shape(xai: httpx.Client) -> None:
 
     again = get(xai, batch["batch_id"])
     assert {k: v for k, v in again.items() if k != "cost_breakdown"} == {
-        k: v for k, v in batch.items() if k != "cost_breakdown"}
+        k: v for k, v in batch.items() if k != "cost_breakdown"
+    }
     assert request_meta(xai, batch["batch_id"]) == []
     assert results(xai, batch["batch_id"]) == {}
 
@@ -262,11 +288,13 @@ def test_results_tokens_are_sealed_to_their_batch(xai: httpx.Client) -> None:
         json.loads(raw)
     # The same position asked for twice gives two different tokens (a nonce): none can be compared.
     assert xai.get(f"/batches/{first}/results", params={"limit": 1}).json()["pagination_token"] != token
-    assert_error(xai.get(f"/batches/{second}/results", params={"pagination_token": token}), 400,
-                 param="pagination_token")
+    assert_error(
+        xai.get(f"/batches/{second}/results", params={"pagination_token": token}), 400, param="pagination_token"
+    )
     tampered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
-    assert_error(xai.get(f"/batches/{first}/results", params={"pagination_token": tampered}), 400,
-                 param="pagination_token")
+    assert_error(
+        xai.get(f"/batches/{first}/results", params={"pagination_token": tampered}), 400, param="pagination_token"
+    )
     rest = xai.get(f"/batches/{first}/results", params={"pagination_token": token}).json()
     ids = [r["batch_request_id"] for r in page["results"] + rest["results"]]
     assert sorted(ids) == [f"{first}-{i}" for i in range(3)]
@@ -293,14 +321,18 @@ def test_list_batches_pages_with_limit_and_token(xai: httpx.Client) -> None:
 
 
 # ---------------------------------------------------------------------------- the main flow
-def test_chunks_added_while_running_results_paged_and_costs(xai: httpx.Client, upstream: FakeUpstreamProcess
-                                                            ) -> None:
+def test_chunks_added_while_running_results_paged_and_costs(xai: httpx.Client, upstream: FakeUpstreamProcess) -> None:
     batch_id = create(xai, "three chunks")["batch_id"]
     slow = "@latency:1500"
     chunk1 = [chat(f"c1-{i}", f"one {i}" + (f" {slow}" if i >= 3 else "")) for i in range(5)]
     chunk2 = [chat(f"c2-{i}", f"two {i}" + (f" {slow}" if i >= 3 else "")) for i in range(5)]
-    chunk3 = [responses("c3-0", "three 0"), responses(None, "three no id"), chat(None, "three also no id"),
-              chat("c3-3", f"three 3 {slow}"), chat("c3-4", "three 4")]
+    chunk3 = [
+        responses("c3-0", "three 0"),
+        responses(None, "three no id"),
+        chat(None, "three also no id"),
+        chat("c3-3", f"three 3 {slow}"),
+        chat("c3-4", "three 4"),
+    ]
 
     add(xai, batch_id, chunk1)
     b = wait_state(xai, batch_id, lambda b: state(b)["num_success"] == 3, what="never finished chunk 1's fast ones")
@@ -331,17 +363,19 @@ def test_chunks_added_while_running_results_paged_and_costs(xai: httpx.Client, u
         assert str(uuid.UUID(rid)) == rid.lower()
 
     final = get(xai, batch_id)
-    assert state(final) == {"num_requests": 15, "num_pending": 0, "num_success": 15, "num_error": 0,
-                            "num_cancelled": 0}
+    assert state(final) == {"num_requests": 15, "num_pending": 0, "num_success": 15, "num_error": 0, "num_cancelled": 0}
 
     # Each result answers its own request, with usage and its cost; generated ids matched by text.
     by_text = {text_of(item): item for item in chunk1 + chunk2 + chunk3}
     total = 0
     per_kind: Counter[str] = Counter()
     for result in items:
-        (kind, body), = result["batch_result"]["response"].items()
-        text = (body["choices"][0]["message"]["content"] if kind == "chat_get_completion"
-                else body["output"][0]["content"][0]["text"]).removeprefix("echo: ")
+        ((kind, body),) = result["batch_result"]["response"].items()
+        text = (
+            body["choices"][0]["message"]["content"]
+            if kind == "chat_get_completion"
+            else body["output"][0]["content"][0]["text"]
+        ).removeprefix("echo: ")
         item = by_text[text]
         if "batch_request_id" in item:
             assert result["batch_request_id"] == item["batch_request_id"]
@@ -367,33 +401,57 @@ def test_chunks_added_while_running_results_paged_and_costs(xai: httpx.Client, u
     assert upstream.stats()["by_status"] == {"200": 15}
 
 
-def test_cancel_mid_run_keeps_finished_and_refuses_adds(xai: httpx.Client, xai_server: ServerProcess,
-                                                         upstream: FakeUpstreamProcess) -> None:
+def test_cancel_mid_run_keeps_finished_and_refuses_adds(
+    xai: httpx.Client, xai_server: ServerProcess, upstream: FakeUpstreamProcess
+) -> None:
     batch_id = create(xai, "to cancel")["batch_id"]
-    items = [chat("ok-0", "fine 0"), chat("ok-1", "fine 1"), chat("bad", "no @status:400:*"),
-             chat("slow-0", "slow 0 @latency:30000"), chat("slow-1", "slow 1 @latency:30000")]
+    items = [
+        chat("ok-0", "fine 0"),
+        chat("ok-1", "fine 1"),
+        chat("bad", "no @status:400:*"),
+        chat("slow-0", "slow 0 @latency:30000"),
+        chat("slow-1", "slow 1 @latency:30000"),
+    ]
     add(xai, batch_id, items)
-    b = wait_state(xai, batch_id, lambda b: state(b)["num_success"] == 2 and state(b)["num_error"] == 1,
-                   what="never finished the quick ones")
+    b = wait_state(
+        xai,
+        batch_id,
+        lambda b: state(b)["num_success"] == 2 and state(b)["num_error"] == 1,
+        what="never finished the quick ones",
+    )
     assert state(b) == {"num_requests": 5, "num_pending": 2, "num_success": 2, "num_error": 1, "num_cancelled": 0}
 
     # Request metadata shows all three states so far, paged two at a time.
     states = {m["batch_request_id"]: m for m in request_meta(xai, batch_id, limit=2)}
     assert {k: m["state"] for k, m in states.items()} == {
-        "ok-0": "succeeded", "ok-1": "succeeded", "bad": "failed", "slow-0": "pending", "slow-1": "pending"}
+        "ok-0": "succeeded",
+        "ok-1": "succeeded",
+        "bad": "failed",
+        "slow-0": "pending",
+        "slow-1": "pending",
+    }
     assert states["slow-0"]["finish_time"] is None and states["ok-0"]["finish_time"] is not None
 
     r = xai.post(f"/batches/{batch_id}:cancel")
     assert r.status_code == 200, r.text
     assert set(r.json()) == BATCH_KEYS and r.json()["batch_id"] == batch_id
-    done = wait_state(xai, batch_id, lambda b: state(b)["num_pending"] == 0 and b["cancel_time"] is not None,
-                      what="never finished cancelling")
+    done = wait_state(
+        xai,
+        batch_id,
+        lambda b: state(b)["num_pending"] == 0 and b["cancel_time"] is not None,
+        what="never finished cancelling",
+    )
     assert state(done) == {"num_requests": 5, "num_pending": 0, "num_success": 2, "num_error": 1, "num_cancelled": 2}
     rfc3339(done["cancel_time"])
 
     states = {m["batch_request_id"]: m["state"] for m in request_meta(xai, batch_id)}
-    assert states == {"ok-0": "succeeded", "ok-1": "succeeded", "bad": "failed", "slow-0": "cancelled",
-                      "slow-1": "cancelled"}
+    assert states == {
+        "ok-0": "succeeded",
+        "ok-1": "succeeded",
+        "bad": "failed",
+        "slow-0": "cancelled",
+        "slow-1": "cancelled",
+    }
     got = results(xai, batch_id, limit=2)
     assert set(got) == {i["batch_request_id"] for i in items}
     for i in items[:2]:
@@ -433,27 +491,52 @@ P = "batch_requests"
 CHAT_P = ".batch_request.chat_get_completion"
 ADD_ERRORS: dict[str, tuple[Any, str, str]] = {
     # case: (body, param, a phrase of the message)
-    "duplicate-in-call": ({P: [chat("n1", "a"), chat("n2", "b"), chat("n2", "c")]}, f"{P}[2].batch_request_id",
-                          "n2"),
+    "duplicate-in-call": ({P: [chat("n1", "a"), chat("n2", "b"), chat("n2", "c")]}, f"{P}[2].batch_request_id", "n2"),
     "duplicate-of-existing": ({P: [chat("n1", "a"), chat("seed", "b")]}, f"{P}[1].batch_request_id", "seed"),
     # Two clashes: the first in the call is named, whatever order the batch holds them in.
-    "duplicates-of-existing": ({P: [chat("n1", "a"), chat("seed-b", "b"), chat("seed", "c")]},
-                               f"{P}[1].batch_request_id", "seed-b"),
-    "missing-model": ({P: [chat("n1", "a"), {"batch_request_id": "n2", "batch_request": {"chat_get_completion": {
-        "messages": [{"role": "user", "content": "b"}]}}}]}, f"{P}[1]{CHAT_P}.model", "model"),
-    "unknown-model": ({P: [chat("n1", "a"), chat("n2", "b", model="grok-nope")]}, f"{P}[1]{CHAT_P}.model",
-                      "grok-nope"),
-    "image-kind": ({P: [chat("n1", "a"), {"batch_request_id": "n2", "batch_request": {"image_generation": {
-        "model": MODEL, "prompt": "a cat"}}}]}, f"{P}[1].batch_request.image_generation", "not served"),
-    "video-kind": ({P: [{"batch_request": {"video_generation": {"model": MODEL, "prompt": "a cat"}}}]},
-                   f"{P}[0].batch_request.video_generation", "not served"),
-    "unknown-kind": ({P: [chat("n1", "a"), chat("n2", "b"), {"batch_request": {"tea_brewing": {"model": MODEL}}}]},
-                     f"{P}[2].batch_request.tea_brewing", "tea_brewing"),
+    "duplicates-of-existing": (
+        {P: [chat("n1", "a"), chat("seed-b", "b"), chat("seed", "c")]},
+        f"{P}[1].batch_request_id",
+        "seed-b",
+    ),
+    "missing-model": (
+        {
+            P: [
+                chat("n1", "a"),
+                {
+                    "batch_request_id": "n2",
+                    "batch_request": {"chat_get_completion": {"messages": [{"role": "user", "content": "b"}]}},
+                },
+            ]
+        },
+        f"{P}[1]{CHAT_P}.model",
+        "model",
+    ),
+    "unknown-model": ({P: [chat("n1", "a"), chat("n2", "b", model="grok-nope")]}, f"{P}[1]{CHAT_P}.model", "grok-nope"),
+    "image-kind": (
+        {
+            P: [
+                chat("n1", "a"),
+                {"batch_request_id": "n2", "batch_request": {"image_generation": {"model": MODEL, "prompt": "a cat"}}},
+            ]
+        },
+        f"{P}[1].batch_request.image_generation",
+        "not served",
+    ),
+    "video-kind": (
+        {P: [{"batch_request": {"video_generation": {"model": MODEL, "prompt": "a cat"}}}]},
+        f"{P}[0].batch_request.video_generation",
+        "not served",
+    ),
+    "unknown-kind": (
+        {P: [chat("n1", "a"), chat("n2", "b"), {"batch_request": {"tea_brewing": {"model": MODEL}}}]},
+        f"{P}[2].batch_request.tea_brewing",
+        "tea_brewing",
+    ),
     "stream-true": ({P: [chat("n1", "a", stream=True)]}, f"{P}[0]{CHAT_P}.stream", "stream"),
     "empty-list": ({P: []}, P, P),
     "missing-list": ({}, P, P),
-    "over-per-call-cap": ({P: [chat(f"n{i}", "a") for i in range(MAX_ADD_REQUESTS + 1)]}, P,
-                          str(MAX_ADD_REQUESTS)),
+    "over-per-call-cap": ({P: [chat(f"n{i}", "a") for i in range(MAX_ADD_REQUESTS + 1)]}, P, str(MAX_ADD_REQUESTS)),
 }
 
 
@@ -487,8 +570,13 @@ def test_after_refused_call_same_ids_can_be_added(xai: httpx.Client, err_batch: 
     r = xai.post(f"/batches/{err_batch}/requests", json={P: [chat("n1", "a"), chat("n2", "b")]})
     assert r.status_code == 200, r.text
     done = wait_state(xai, err_batch, lambda b: state(b)["num_pending"] == 0)
-    assert state(done) == {"num_requests": before + 2, "num_pending": 0, "num_success": before + 2, "num_error": 0,
-                           "num_cancelled": 0}
+    assert state(done) == {
+        "num_requests": before + 2,
+        "num_pending": 0,
+        "num_success": before + 2,
+        "num_error": 0,
+        "num_cancelled": 0,
+    }
     assert {"seed", "n1", "n2"} <= set(results(xai, err_batch))
 
 
@@ -499,17 +587,27 @@ def test_sealed_batch_runs_file_and_refuses_adds(xai: httpx.Client, xai_server: 
         file_id = upload(oai, lines).id
         batch = create(xai, "sealed", input_file_id=file_id)
         assert batch["input_file_id"] == file_id
-        done = wait_state(xai, batch["batch_id"], lambda b: b["state"]["num_requests"] == 3
-                          and b["state"]["num_pending"] == 0, what="never ran its file")
-        assert state(done) == {"num_requests": 3, "num_pending": 0, "num_success": 3, "num_error": 0,
-                               "num_cancelled": 0}
+        done = wait_state(
+            xai,
+            batch["batch_id"],
+            lambda b: b["state"]["num_requests"] == 3 and b["state"]["num_pending"] == 0,
+            what="never ran its file",
+        )
+        assert state(done) == {
+            "num_requests": 3,
+            "num_pending": 0,
+            "num_success": 3,
+            "num_error": 0,
+            "num_cancelled": 0,
+        }
         assert done["cancel_time"] is None and done["cancel_by_xai_message"] is None
         got = results(xai, batch["batch_id"])
         assert set(got) == {"f0", "f1", "f2"}
         for row in lines:
             assert_success(got[row["custom_id"]], chat(row["custom_id"], row["body"]["messages"][0]["content"]))
         assert done["cost_breakdown"]["total_cost_usd_ticks"] == sum(
-            expected_ticks(r["body"]["messages"][0]["content"])[2] for r in lines)
+            expected_ticks(r["body"]["messages"][0]["content"])[2] for r in lines
+        )
 
         err = assert_error(xai.post(f"/batches/{batch['batch_id']}/requests", json={P: [chat("more", "x")]}), 400)
         assert err["param"] == "batch_id"
@@ -531,13 +629,15 @@ def test_sealed_batch_with_bad_line_is_cancelled_with_reason(xai: httpx.Client, 
 
 
 def test_sealed_batch_unknown_file_is_404(xai: httpx.Client) -> None:
-    assert_error(xai.post("/batches", json={"name": "x", "input_file_id": "file-doesnotexist"}), 404,
-                 param="input_file_id")
+    assert_error(
+        xai.post("/batches", json={"name": "x", "input_file_id": "file-doesnotexist"}), 404, param="input_file_id"
+    )
 
 
 # ---------------------------------------------------------------------------- one engine, two views
-def test_openai_view_and_deployment_concurrency(xai: httpx.Client, xai_server: ServerProcess,
-                                                upstream: FakeUpstreamProcess) -> None:
+def test_openai_view_and_deployment_concurrency(
+    xai: httpx.Client, xai_server: ServerProcess, upstream: FakeUpstreamProcess
+) -> None:
     batch_id = create(xai, "narrow")["batch_id"]
     texts = [f"narrow {i} @latency:150" for i in range(10)]
     add(xai, batch_id, [chat(f"n{i}", t, model=NARROW) for i, t in enumerate(texts[:5])])
@@ -549,8 +649,7 @@ def test_openai_view_and_deployment_concurrency(xai: httpx.Client, xai_server: S
         done = wait_state(xai, batch_id, lambda b: state(b)["num_pending"] == 0)
         ob = oai.batches.retrieve(batch_id)
         assert ob.id in [b.id for b in oai.batches.list(limit=100)]
-    assert state(done) == {"num_requests": 10, "num_pending": 0, "num_success": 10, "num_error": 0,
-                           "num_cancelled": 0}
+    assert state(done) == {"num_requests": 10, "num_pending": 0, "num_success": 10, "num_error": 0, "num_cancelled": 0}
     assert ob.request_counts.model_dump() == {"total": 10, "completed": 10, "failed": 0}
     assert ob.usage is not None
     assert ob.usage.input_tokens == sum(count_tokens(t) for t in texts)
@@ -560,8 +659,9 @@ def test_openai_view_and_deployment_concurrency(xai: httpx.Client, xai_server: S
 
 
 # ---------------------------------------------------------------------------- crash between two adds
-def test_kill_between_adds_loses_and_repeats_nothing(make_server: Callable[..., ServerProcess],
-                                                      upstream: FakeUpstreamProcess) -> None:
+def test_kill_between_adds_loses_and_repeats_nothing(
+    make_server: Callable[..., ServerProcess], upstream: FakeUpstreamProcess
+) -> None:
     wait_upstream_idle(upstream)
     server = make_server(config(upstream.url))
     chunk1 = [chat(f"k1-{i}", f"first {i}" + (" @latency:2000" if i >= 2 else "")) for i in range(5)]
@@ -575,10 +675,16 @@ def test_kill_between_adds_loses_and_repeats_nothing(make_server: Callable[..., 
     server.restart()
     with httpx.Client(base_url=server.url + "/xai/v1", timeout=10.0) as c:
         add(c, batch_id, chunk2)
-        done = wait_state(c, batch_id, lambda b: state(b)["num_pending"] == 0, timeout=30,
-                          what="never finished after the restart")
-        assert state(done) == {"num_requests": 10, "num_pending": 0, "num_success": 10, "num_error": 0,
-                               "num_cancelled": 0}
+        done = wait_state(
+            c, batch_id, lambda b: state(b)["num_pending"] == 0, timeout=30, what="never finished after the restart"
+        )
+        assert state(done) == {
+            "num_requests": 10,
+            "num_pending": 0,
+            "num_success": 10,
+            "num_error": 0,
+            "num_cancelled": 0,
+        }
         items = page_all(c, f"/batches/{batch_id}/results", "results", 3)
         ids = Counter(r["batch_request_id"] for r in items)
         assert ids == Counter(i["batch_request_id"] for i in chunk1 + chunk2), ids

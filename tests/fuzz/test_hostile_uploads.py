@@ -49,14 +49,17 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
 # ---------------------------------------------------------------------------- helpers
 def multipart(filename: bytes, content: bytes, purpose: bytes = b"batch") -> bytes:
     """A multipart body written byte for byte, so the filename reaches the server exactly as given."""
-    return (b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n' + purpose + b"\r\n"
-            b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n'
-            b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n--" + BOUNDARY + b"--\r\n")
+    return (
+        b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n' + purpose + b"\r\n"
+        b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n--" + BOUNDARY + b"--\r\n"
+    )
 
 
 def post_multipart(http: httpx.Client, body: bytes) -> httpx.Response:
-    return http.post("/v1/files", content=body,
-                     headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY.decode()}"})
+    return http.post(
+        "/v1/files", content=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY.decode()}"}
+    )
 
 
 def assert_envelope(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -78,10 +81,15 @@ def upload(http: httpx.Client, data: bytes) -> str:
 
 def run_batch(http: httpx.Client, data: bytes, timeout: float = 60) -> dict[str, Any]:
     """Upload `data`, create a chat batch on it and wait until it ends; the final batch."""
-    batch = http.post("/v1/batches", json={"input_file_id": upload(http, data), "endpoint": "/v1/chat/completions",
-                                           "completion_window": "24h"}).json()
-    return poll_until(lambda: (b := http.get(f"/v1/batches/{batch['id']}").json())["status"] in TERMINAL and b,
-                      timeout, message=f"batch {batch['id']} never ended")
+    batch = http.post(
+        "/v1/batches",
+        json={"input_file_id": upload(http, data), "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+    ).json()
+    return poll_until(
+        lambda: (b := http.get(f"/v1/batches/{batch['id']}").json())["status"] in TERMINAL and b,
+        timeout,
+        message=f"batch {batch['id']} never ended",
+    )
 
 
 def validation_errors(batch: dict[str, Any]) -> list[tuple[str, int | None]]:
@@ -189,8 +197,9 @@ def test_deep_nesting_in_a_line_is_a_clear_invalid_json_line(server: ServerProce
     assert http.get("/health").status_code == 200
 
 
-def test_nesting_too_deep_to_forward_fails_validation_not_the_request(server: ServerProcess,
-                                                                       http: httpx.Client) -> None:
+def test_nesting_too_deep_to_forward_fails_validation_not_the_request(
+    server: ServerProcess, http: httpx.Client
+) -> None:
     """300 levels is valid JSON but more than the gateway can re-serialise: a validation error, not an
     `internal_error` in the error file."""
     deep: Any = []
@@ -207,8 +216,10 @@ def test_deep_nesting_in_json_bodies_is_a_400(server: ServerProcess, http: httpx
     assert assert_envelope(http.post("/v1/batches", content=deep), 400)["code"] == "invalid_json"
     open_batch = http.post("/xai/v1/batches", json={"name": "deep"}).json()["batch_id"]
     nested = "[" * 300 + "]" * 300  # valid JSON, too deep to store as an input line
-    body = ('{"batch_requests": [{"batch_request": {"chat_get_completion": {"model": "fake-model", '
-            '"messages": [{"role": "user", "content": "hi"}], "extra": ' + nested + "}}}]}")
+    body = (
+        '{"batch_requests": [{"batch_request": {"chat_get_completion": {"model": "fake-model", '
+        '"messages": [{"role": "user", "content": "hi"}], "extra": ' + nested + "}}}]}"
+    )
     error = assert_envelope(http.post(f"/xai/v1/batches/{open_batch}/requests", content=body), 400)
     assert error["param"] == "batch_requests"
 
@@ -220,8 +231,9 @@ def test_invalid_utf8_in_a_line_is_a_clear_invalid_json_line(server: ServerProce
     assert "UTF-8" in batch["errors"]["data"][0]["message"]
 
 
-def test_nul_in_a_custom_id_fails_validation_on_postgresql(postgres: PostgresCluster, upstream: FakeUpstreamProcess,
-                                                            tmp_path: Path) -> None:
+def test_nul_in_a_custom_id_fails_validation_on_postgresql(
+    postgres: PostgresCluster, upstream: FakeUpstreamProcess, tmp_path: Path
+) -> None:
     """PostgreSQL cannot store a NUL: such a batch used to stay `validating` forever, retrying."""
     config = {**fuzz_config(upstream.url), "storage": {"database": postgres.new_database()}}
     with running_server(config, workdir=tmp_path) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
@@ -232,9 +244,11 @@ def test_nul_in_a_custom_id_fails_validation_on_postgresql(postgres: PostgresClu
 
 # ---------------------------------------------------------------------------- slow and vanishing clients
 def _request_head(server: ServerProcess, length: int) -> bytes:
-    return (f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY.decode()}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+    return (
+        f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY.decode()}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 def test_slow_loris_upload_does_not_hold_up_other_clients(server: ServerProcess, http: httpx.Client) -> None:
@@ -244,7 +258,7 @@ def test_slow_loris_upload_does_not_hold_up_other_clients(server: ServerProcess,
         sock.sendall(_request_head(server, len(body)))
         sent = 0
         for _ in range(40):  # a trickle: a few bytes at a time, then it stalls with most of the body unsent
-            sock.sendall(body[sent:sent + 7])
+            sock.sendall(body[sent : sent + 7])
             sent += 7
             time.sleep(0.005)
         # While it stalls, everyone else is served, uploads included.
@@ -262,10 +276,16 @@ def test_slow_loris_upload_does_not_hold_up_other_clients(server: ServerProcess,
         assert head.startswith(b"HTTP/1.1 408 "), answer
         assert json.loads(body)["error"] == {
             "message": f"the request body stalled: no bytes arrived for {STALL_S} s",
-            "type": "invalid_request_error", "param": None, "code": "request_timeout"}
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_timeout",
+        }
     # Its partial blob goes, and it never appears.
-    poll_until(lambda: stored_entries(server) == before_entries | {other}, 10,
-               message=lambda: f"leftovers: {stored_entries(server) - before_entries - {other}}")
+    poll_until(
+        lambda: stored_entries(server) == before_entries | {other},
+        10,
+        message=lambda: f"leftovers: {stored_entries(server) - before_entries - {other}}",
+    )
     assert listed_ids(http) == before_ids | {other}
 
 
@@ -292,10 +312,16 @@ def test_disconnect_mid_upload_leaves_nothing(cut: str, server: ServerProcess, h
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(_request_head(server, len(body)) + body[:sent])
         if sent > len(body) // 4:  # the upload really is being streamed to a temporary blob before we hang up
-            poll_until(lambda: stored_entries(server) - before_entries, 10,
-                       message="the server never started writing the upload")
-    poll_until(lambda: stored_entries(server) == before_entries, 10,
-               message=lambda: f"leftovers: {stored_entries(server) - before_entries}")
+            poll_until(
+                lambda: stored_entries(server) - before_entries,
+                10,
+                message="the server never started writing the upload",
+            )
+    poll_until(
+        lambda: stored_entries(server) == before_entries,
+        10,
+        message=lambda: f"leftovers: {stored_entries(server) - before_entries}",
+    )
     assert listed_ids(http) == before_ids
     assert not list(files_dir(server).glob(".*.part"))
     assert http.get("/health").status_code == 200
@@ -306,13 +332,18 @@ def test_disconnect_mid_chunked_upload_leaves_nothing(server: ServerProcess, htt
     body = multipart(b"gone.jsonl", b'{"x": 1}\n' * 300_000)
     half = body[: len(body) // 2]
     before_ids, before_entries = listed_ids(http), stored_entries(server)
-    head = (f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTransfer-Encoding: chunked\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY.decode()}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTransfer-Encoding: chunked\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY.decode()}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head + f"{len(body):x}\r\n".encode() + half)
         poll_until(lambda: stored_entries(server) - before_entries, 10, message="the upload never reached a blob")
-    poll_until(lambda: stored_entries(server) == before_entries, 10,
-               message=lambda: f"leftovers: {stored_entries(server) - before_entries}")
+    poll_until(
+        lambda: stored_entries(server) == before_entries,
+        10,
+        message=lambda: f"leftovers: {stored_entries(server) - before_entries}",
+    )
     assert listed_ids(http) == before_ids
 
 

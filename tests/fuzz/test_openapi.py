@@ -46,12 +46,14 @@ NOT_HTTP = "Invalid HTTP request received."
 
 def _schema(coverage: bool) -> Any:
     """The document as schemathesis sees it; `coverage` adds its boundary, missing-field and no-key cases."""
-    config = schemathesis.Config.from_dict({
-        "generation": {"max-examples": MAX_EXAMPLES},
-        "phases": {"coverage": {"enabled": coverage}, "examples": {"enabled": True}, "fuzzing": {"enabled": True}},
-        "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
-        "request-timeout": 30,
-    })
+    config = schemathesis.Config.from_dict(
+        {
+            "generation": {"max-examples": MAX_EXAMPLES},
+            "phases": {"coverage": {"enabled": coverage}, "examples": {"enabled": True}, "fuzzing": {"enabled": True}},
+            "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
+            "request-timeout": 30,
+        }
+    )
     return schemathesis.openapi.from_dict(document(), config=config)
 
 
@@ -74,8 +76,13 @@ def error_envelope(ctx: Any, response: schemathesis.Response, case: schemathesis
     return True
 
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          error_envelope]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    error_envelope,
+]
 
 
 # ---------------------------------------------------------------------------- the fuzzed world
@@ -106,25 +113,34 @@ def _seed(server: ServerProcess) -> World:
         team_key = _post(http, "/admin/keys", ADMIN_KEY, json={"team": "fuzzers"})["key"]
         spare = _post(http, "/admin/keys", ADMIN_KEY, json={"team": "fuzzers", "name": "revocable"})["id"]
         data = jsonl(*(chat_line(f"r{i}", f"hello {i}") for i in range(3)))
-        file_ids = [_post(http, "/v1/files", key, files={"file": ("in.jsonl", data)}, data={"purpose": "batch"})["id"]
-                    for key in (team_key, team_key, ADMIN_KEY)]
-        batch = _post(http, "/v1/batches", team_key, json={"input_file_id": file_ids[0], "completion_window": "24h",
-                                                            "endpoint": "/v1/chat/completions"})
+        file_ids = [
+            _post(http, "/v1/files", key, files={"file": ("in.jsonl", data)}, data={"purpose": "batch"})["id"]
+            for key in (team_key, team_key, ADMIN_KEY)
+        ]
+        batch = _post(
+            http,
+            "/v1/batches",
+            team_key,
+            json={"input_file_id": file_ids[0], "completion_window": "24h", "endpoint": "/v1/chat/completions"},
+        )
         open_batch = _post(http, "/xai/v1/batches", team_key, json={"name": "open"})
-    return World(server, team_key, {"file_id": file_ids, "batch_id": [batch["id"], open_batch["batch_id"]],
-                                    "key_id": [spare]})
+    return World(
+        server, team_key, {"file_id": file_ids, "batch_id": [batch["id"], open_batch["batch_id"]], "key_id": [spare]}
+    )
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, fake_upstream: FakeUpstreamProcess,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(
+    request: pytest.FixtureRequest, fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     """One server per database: PostgreSQL refuses some strings SQLite stores (NUL), so both are fuzzed."""
     config = fuzz_config(fake_upstream.url)
     if request.param == "postgresql":
         postgres: PostgresCluster = request.getfixturevalue("postgres")
         config["storage"] = {"database": postgres.new_database()}
-    with running_server(config, workdir=tmp_path_factory.mktemp(request.param),
-                        env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}) as server:
+    with running_server(
+        config, workdir=tmp_path_factory.mktemp(request.param), env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}
+    ) as server:
         world = _seed(server)
         REAL_IDS.update(world.ids)
         yield world
@@ -224,19 +240,28 @@ def test_fuzz_with_team_key_and_without(case: schemathesis.Case, who: str, world
 
 
 # ---------------------------------------------------------------------------- what the fuzzing found elsewhere
-def test_a_team_with_a_budget_keeps_creating_batches_on_postgresql(postgres: PostgresCluster,
-                                                                   upstream: FakeUpstreamProcess,
-                                                                   tmp_path: Any) -> None:
+def test_a_team_with_a_budget_keeps_creating_batches_on_postgresql(
+    postgres: PostgresCluster, upstream: FakeUpstreamProcess, tmp_path: Any
+) -> None:
     config = {**fuzz_config(upstream.url), "storage": {"database": postgres.new_database()}}
-    with running_server(config, workdir=tmp_path, env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}) as server, \
-            httpx.Client(base_url=server.url, timeout=30) as http:
+    with (
+        running_server(config, workdir=tmp_path, env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
         _post(http, "/admin/teams", ADMIN_KEY, json={"name": "budgeted", "budget_usd": 100})
         key = _post(http, "/admin/keys", ADMIN_KEY, json={"team": "budgeted"})["key"]
-        file_id = _post(http, "/v1/files", key, files={"file": ("in.jsonl", jsonl(chat_line("a", "hi")))},
-                        data={"purpose": "batch"})["id"]
+        file_id = _post(
+            http, "/v1/files", key, files={"file": ("in.jsonl", jsonl(chat_line("a", "hi")))}, data={"purpose": "batch"}
+        )["id"]
         create = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
         first = _post(http, "/v1/batches", key, json=create)
-        poll_until(lambda: http.get(f"/v1/batches/{first['id']}", headers={"Authorization": f"Bearer {key}"})
-                   .json()["status"] == "completed", 20, message="the first batch never completed")
+        poll_until(
+            lambda: (
+                http.get(f"/v1/batches/{first['id']}", headers={"Authorization": f"Bearer {key}"}).json()["status"]
+                == "completed"
+            ),
+            20,
+            message="the first batch never completed",
+        )
         second = http.post("/v1/batches", json=create, headers={"Authorization": f"Bearer {key}"})
         assert second.status_code == 200, second.text  # 500 today: the team's spend cannot be priced

@@ -26,8 +26,11 @@ from tests.postgres import PostgresCluster
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 OPEN_BATCH = "{open}"  # stands for the module's open xAI batch in a route
 CURSORS = [  # (route, cursor parameter, page size limit)
-    ("/v1/files", "after", 10_000), ("/api/llm/files", "after", 10_000), ("/v1/batches", "after", 100),
-    ("/api/llm/api/inference/openai/batches", "after", 100), ("/xai/v1/batches", "pagination_token", 1000),
+    ("/v1/files", "after", 10_000),
+    ("/api/llm/files", "after", 10_000),
+    ("/v1/batches", "after", 100),
+    ("/api/llm/api/inference/openai/batches", "after", 100),
+    ("/xai/v1/batches", "pagination_token", 1000),
     (f"/xai/v1/batches/{OPEN_BATCH}/requests", "pagination_token", 1000),
     (f"/xai/v1/batches/{OPEN_BATCH}/results", "pagination_token", 1000),
 ]
@@ -61,19 +64,36 @@ class Api:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def api(request: pytest.FixtureRequest, fake_upstream: FakeUpstreamProcess,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(
+    request: pytest.FixtureRequest, fake_upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
     config = fuzz_config(fake_upstream.url)
     if request.param == "postgresql":  # PostgreSQL refuses what SQLite takes (NUL, INTEGER overflow)
         postgres: PostgresCluster = request.getfixturevalue("postgres")
         config["storage"] = {"database": postgres.new_database()}
-    with running_server(config, workdir=tmp_path_factory.mktemp(f"paging-{request.param}"),
-                        env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}) as server:
+    with running_server(
+        config, workdir=tmp_path_factory.mktemp(f"paging-{request.param}"), env={"BATCHGATE_ADMIN_KEY": ADMIN_KEY}
+    ) as server:
         client = Api(server)
         client.open_batch = client.ok("POST", "/xai/v1/batches", json={"name": "cursor-target"})["batch_id"]
-        client.ok("POST", f"/xai/v1/batches/{client.open_batch}/requests", json={"batch_requests": [
-            {"batch_request_id": f"q{i}", "batch_request": {"chat_get_completion": {
-                "model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}}} for i in range(3)]})
+        client.ok(
+            "POST",
+            f"/xai/v1/batches/{client.open_batch}/requests",
+            json={
+                "batch_requests": [
+                    {
+                        "batch_request_id": f"q{i}",
+                        "batch_request": {
+                            "chat_get_completion": {
+                                "model": "fake-model",
+                                "messages": [{"role": "user", "content": "hi"}],
+                            }
+                        },
+                    }
+                    for i in range(3)
+                ]
+            },
+        )
         yield client
         client.http.close()
 
@@ -85,8 +105,13 @@ def _token(position: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": position}).encode()).decode().rstrip("=")
 
 
-json_scalars = st.none() | st.booleans() | st.integers(min_value=-(2**64), max_value=2**64) | st.floats(
-    allow_nan=False, allow_infinity=False) | st.text()
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
 cursors = st.one_of(
     st.text(),  # anything, NUL and lone surrogates included
     st.text(alphabet="0123456789", min_size=1, max_size=40),
@@ -94,8 +119,9 @@ cursors = st.one_of(
     st.integers(min_value=2**31 - 2, max_value=2**63 + 2).map(_token),  # around the INTEGER and BIGINT limits
     st.binary(max_size=64).map(lambda b: base64.urlsafe_b64encode(b).decode()),
 )
-raw_escapes = st.lists(st.sampled_from(["%ff", "%00", "%zz", "%", "+", "&", "=", "%c3", "%ed%a0%80", "a", "#x"]),
-                       max_size=8).map("".join)  # sent as they are, not re-encoded
+raw_escapes = st.lists(
+    st.sampled_from(["%ff", "%00", "%zz", "%", "+", "&", "=", "%c3", "%ed%a0%80", "a", "#x"]), max_size=8
+).map("".join)  # sent as they are, not re-encoded
 
 
 def _assert_page_or_400(response: httpx.Response, param: str, sent: str) -> None:
@@ -104,14 +130,16 @@ def _assert_page_or_400(response: httpx.Response, param: str, sent: str) -> None
     if response.status_code == 400:
         assert envelope_problem(400, body) is None, envelope_problem(400, body)
     else:
-        assert isinstance(body.get("data", body.get("batches", body.get("results", body.get(
-            "batch_request_metadata")))), list), body
+        assert isinstance(
+            body.get("data", body.get("batches", body.get("results", body.get("batch_request_metadata")))), list
+        ), body
 
 
 @settings(PROPERTY, max_examples=examples(60))
 @given(route=st.sampled_from(CURSORS), cursor=cursors, limit=st.none() | st.text(max_size=12) | st.integers())
-def test_any_cursor_and_limit_give_a_page_or_a_400(api: Api, route: tuple[str, str, int], cursor: str,
-                                                   limit: str | int | None) -> None:
+def test_any_cursor_and_limit_give_a_page_or_a_400(
+    api: Api, route: tuple[str, str, int], cursor: str, limit: str | int | None
+) -> None:
     path, param, _ = route
     params: dict[str, Any] = {param: cursor} if limit is None else {param: cursor, "limit": limit}
     response = api.call("GET", path.replace(OPEN_BATCH, api.open_batch), params=params)
@@ -128,8 +156,16 @@ def test_malformed_query_escapes_give_a_page_or_a_400(api: Api, route: tuple[str
 
 
 # ---------------------------------------------------------------------------- every object exactly once
-def _page_through(api: Api, key: str, path: str, param: str, items: str, sizes: st.DataObject,
-                  most: int, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def _page_through(
+    api: Api,
+    key: str,
+    path: str,
+    param: str,
+    items: str,
+    sizes: st.DataObject,
+    most: int,
+    extra: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Follow the cursor to the end with page sizes drawn as it goes; every object seen, in order."""
     seen: list[dict[str, Any]] = []
     params: dict[str, Any] = dict(extra or {})
@@ -150,14 +186,20 @@ def _page_through(api: Api, key: str, path: str, param: str, items: str, sizes: 
 
 
 @settings(PROPERTY, max_examples=examples(8))
-@given(count=st.integers(min_value=0, max_value=7), order=st.sampled_from(["asc", "desc"]),
-       prefix=st.sampled_from(["/v1", "/api/llm"]), sizes=st.data())
-def test_paging_files_yields_each_exactly_once(api: Api, count: int, order: str, prefix: str,
-                                               sizes: st.DataObject) -> None:
+@given(
+    count=st.integers(min_value=0, max_value=7),
+    order=st.sampled_from(["asc", "desc"]),
+    prefix=st.sampled_from(["/v1", "/api/llm"]),
+    sizes=st.data(),
+)
+def test_paging_files_yields_each_exactly_once(
+    api: Api, count: int, order: str, prefix: str, sizes: st.DataObject
+) -> None:
     key = api.new_team_key()
     made = [api.upload(key) for _ in range(count)]
-    seen = [f["id"] for f in _page_through(api, key, f"{prefix}/files", "after", "data", sizes, count,
-                                           {"order": order})]
+    seen = [
+        f["id"] for f in _page_through(api, key, f"{prefix}/files", "after", "data", sizes, count, {"order": order})
+    ]
     assert seen == sorted(made, reverse=order == "desc")
 
 
@@ -166,25 +208,47 @@ def test_paging_files_yields_each_exactly_once(api: Api, count: int, order: str,
 def test_paging_batches_yields_each_exactly_once(api: Api, count: int, sizes: st.DataObject) -> None:
     key = api.new_team_key()
     file_id = api.upload(key)
-    made = [api.ok("POST", "/v1/batches", key, json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                                                     "completion_window": "24h"})["id"] for _ in range(count)]
+    made = [
+        api.ok(
+            "POST",
+            "/v1/batches",
+            key,
+            json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        )["id"]
+        for _ in range(count)
+    ]
     seen = [b["id"] for b in _page_through(api, key, "/v1/batches", "after", "data", sizes, count)]
     assert seen == sorted(made, reverse=True)  # newest first
-    xai = [b["batch_id"] for b in _page_through(api, key, "/xai/v1/batches", "pagination_token", "batches", sizes,
-                                                count)]
+    xai = [
+        b["batch_id"] for b in _page_through(api, key, "/xai/v1/batches", "pagination_token", "batches", sizes, count)
+    ]
     assert xai == seen  # the xAI view pages the same batches
 
 
 def _add(api: Api, key: str, batch_id: str, ids: list[str]) -> None:
-    api.ok("POST", f"/xai/v1/batches/{batch_id}/requests", key, json={"batch_requests": [
-        {"batch_request_id": rid, "batch_request": {"chat_get_completion": {
-            "model": "fake-model", "messages": [{"role": "user", "content": rid}]}}} for rid in ids]})
+    api.ok(
+        "POST",
+        f"/xai/v1/batches/{batch_id}/requests",
+        key,
+        json={
+            "batch_requests": [
+                {
+                    "batch_request_id": rid,
+                    "batch_request": {
+                        "chat_get_completion": {"model": "fake-model", "messages": [{"role": "user", "content": rid}]}
+                    },
+                }
+                for rid in ids
+            ]
+        },
+    )
 
 
 @settings(PROPERTY, max_examples=examples(6))
 @given(calls=st.lists(st.integers(min_value=1, max_value=6), max_size=4), sizes=st.data())
-def test_paging_xai_requests_and_results_yields_each_exactly_once(api: Api, calls: list[int],
-                                                                  sizes: st.DataObject) -> None:
+def test_paging_xai_requests_and_results_yields_each_exactly_once(
+    api: Api, calls: list[int], sizes: st.DataObject
+) -> None:
     key = api.new_team_key()
     batch_id = api.ok("POST", "/xai/v1/batches", key, json={"name": "paged"})["batch_id"]
     added: list[str] = []
@@ -193,10 +257,14 @@ def test_paging_xai_requests_and_results_yields_each_exactly_once(api: Api, call
         _add(api, key, batch_id, ids)
         added += ids
     base = f"/xai/v1/batches/{batch_id}"
-    requests = _page_through(api, key, f"{base}/requests", "pagination_token", "batch_request_metadata", sizes,
-                             len(added))
+    requests = _page_through(
+        api, key, f"{base}/requests", "pagination_token", "batch_request_metadata", sizes, len(added)
+    )
     assert [r["batch_request_id"] for r in requests] == added  # in the order they were added
-    poll_until(lambda: api.ok("GET", base, key)["state"]["num_pending"] == 0, 20,
-               message=f"{batch_id} never finished its requests")
+    poll_until(
+        lambda: api.ok("GET", base, key)["state"]["num_pending"] == 0,
+        20,
+        message=f"{batch_id} never finished its requests",
+    )
     results = _page_through(api, key, f"{base}/results", "pagination_token", "results", sizes, len(added))
     assert sorted(r["batch_request_id"] for r in results) == sorted(added)

@@ -22,9 +22,19 @@ from tests.fuzz.helpers import examples
 
 CHAT = "/v1/chat/completions"
 MODEL = "fake-model"
-SPEC_CODES = {"invalid_json_line", "missing_required_parameter", "invalid_url", "invalid_method",
-              "duplicate_custom_id", "mismatched_model", "model_not_found", "streaming_unsupported",
-              "too_many_requests", "file_too_large", "empty_file"}
+SPEC_CODES = {
+    "invalid_json_line",
+    "missing_required_parameter",
+    "invalid_url",
+    "invalid_method",
+    "duplicate_custom_id",
+    "mismatched_model",
+    "model_not_found",
+    "streaming_unsupported",
+    "too_many_requests",
+    "file_too_large",
+    "empty_file",
+}
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -39,12 +49,13 @@ class ChunkedBlob:
         offset, i = 0, 0
         while offset < len(self.data):
             size = self.chunk_sizes[i % len(self.chunk_sizes)]
-            yield self.data[offset:offset + size]
+            yield self.data[offset : offset + size]
             offset, i = offset + size, i + 1
 
 
-def run(data: bytes, chunk_sizes: list[int] = (), *, max_line: int = 1 << 20, max_requests: int = 50_000,
-        row_chunk: int = 3) -> tuple[ValidationReport, list[dict[str, Any]]]:
+def run(
+    data: bytes, chunk_sizes: list[int] = (), *, max_line: int = 1 << 20, max_requests: int = 50_000, row_chunk: int = 3
+) -> tuple[ValidationReport, list[dict[str, Any]]]:
     """Validate `data` as a chat-completions batch; the report and every request row written."""
     written: list[dict[str, Any]] = []
 
@@ -56,8 +67,19 @@ def run(data: bytes, chunk_sizes: list[int] = (), *, max_line: int = 1 << 20, ma
 
     limits = LimitsConfig(max_line_bytes=max_line, max_requests_per_batch=max_requests)
     with mock.patch.object(validate, "ROW_CHUNK", row_chunk):  # several chunks of rows even for small files
-        report = asyncio.run(validate_input(ChunkedBlob(data, list(chunk_sizes)), "file-x", len(data), CHAT, limits,
-                                            [MODEL], None, write_rows, should_stop))
+        report = asyncio.run(
+            validate_input(
+                ChunkedBlob(data, list(chunk_sizes)),
+                "file-x",
+                len(data),
+                CHAT,
+                limits,
+                [MODEL],
+                None,
+                write_rows,
+                should_stop,
+            )
+        )
     assert report is not None
     return report, written
 
@@ -86,8 +108,12 @@ chunks = st.lists(st.integers(min_value=1, max_value=64), max_size=6)
 
 
 def request_line(custom_id: str, content: str = "hi", **overrides: Any) -> dict[str, Any]:
-    row = {"custom_id": custom_id, "method": "POST", "url": CHAT,
-           "body": {"model": MODEL, "messages": [{"role": "user", "content": content}]}}
+    row = {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": content}]},
+    }
     row.update(overrides)
     return row
 
@@ -108,11 +134,18 @@ def test_arbitrary_bytes_never_raise(data: bytes, chunk_sizes: list[int], max_li
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=12)
-near_requests = st.fixed_dictionaries({}, optional={  # shaped like a request, with any value in any field
-    "custom_id": json_values | st.text(max_size=6), "method": json_values | st.just("POST"),
-    "url": json_values | st.just(CHAT), "body": json_values | st.fixed_dictionaries(
-        {}, optional={"model": json_values | st.just(MODEL), "stream": json_values})})
+    max_leaves=12,
+)
+near_requests = st.fixed_dictionaries(
+    {},
+    optional={  # shaped like a request, with any value in any field
+        "custom_id": json_values | st.text(max_size=6),
+        "method": json_values | st.just("POST"),
+        "url": json_values | st.just(CHAT),
+        "body": json_values
+        | st.fixed_dictionaries({}, optional={"model": json_values | st.just(MODEL), "stream": json_values}),
+    },
+)
 
 
 @settings(PROPERTY, max_examples=examples(150))
@@ -135,8 +168,11 @@ blank = st.sampled_from([b"", b" ", b"\t", b"\r"])
 @st.composite
 def valid_files(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, str]]]:
     """A valid file with blank lines here and there; and the (line number, custom_id) of each request."""
-    ids = draw(st.lists(st.text(min_size=1, max_size=8).filter(lambda s: "\x00" not in s), min_size=1,
-                        max_size=12, unique=True))
+    ids = draw(
+        st.lists(
+            st.text(min_size=1, max_size=8).filter(lambda s: "\x00" not in s), min_size=1, max_size=12, unique=True
+        )
+    )
     lines: list[bytes] = []
     expected: list[tuple[int, str]] = []
     for custom_id in ids:
@@ -157,7 +193,7 @@ def test_valid_files_validate_to_exact_rows(file: tuple[bytes, list[tuple[int, s
     assert report.total == len(expected) and report.model == MODEL
     assert [(r["line_no"], r["custom_id"]) for r in rows] == expected
     for row in rows:  # each row points at exactly its line's bytes
-        assert orjson.loads(data[row["offset"]:row["offset"] + row["length"]])["custom_id"] == row["custom_id"]
+        assert orjson.loads(data[row["offset"] : row["offset"] + row["length"]])["custom_id"] == row["custom_id"]
 
 
 # ---------------------------------------------------------------------------- one bad line among good ones
@@ -175,8 +211,10 @@ BAD_LINES = {  # what the bad line is → the code it must be reported with
     "invalid UTF-8": (b'{"custom_id": "\xff\xfe", "method": "POST"}', "invalid_json_line"),
     "lone surrogate": (b'{"custom_id": "\\ud800"}', "invalid_json_line"),
     "deep nesting": (b"[" * 100_000, "invalid_json_line"),
-    "no custom_id": (encode({k: v for k, v in request_line("x").items() if k != "custom_id"}),
-                     "missing_required_parameter"),
+    "no custom_id": (
+        encode({k: v for k, v in request_line("x").items() if k != "custom_id"}),
+        "missing_required_parameter",
+    ),
     "numeric custom_id": (encode(request_line(7)), "missing_required_parameter"),  # type: ignore[arg-type]
     "NUL in custom_id": (encode(request_line("a\x00b")), "missing_required_parameter"),
     "GET": (encode(request_line("x", method="GET")), "invalid_method"),
@@ -186,14 +224,20 @@ BAD_LINES = {  # what the bad line is → the code it must be reported with
     "other model": (encode(request_line("x", body={"model": "other"})), "mismatched_model"),
     "NUL in model": (encode(request_line("x", body={"model": "fake\x00model"})), "missing_required_parameter"),
     "duplicate id": (encode(request_line("good-0")), "duplicate_custom_id"),
-    "too deep to forward": (encode(request_line("x", body={"model": MODEL, "extra": nested(300)})),
-                            "invalid_json_line"),
+    "too deep to forward": (
+        encode(request_line("x", body={"model": MODEL, "extra": nested(300)})),
+        "invalid_json_line",
+    ),
 }
 
 
 @settings(PROPERTY, max_examples=examples(60))
-@given(kind=st.sampled_from(sorted(BAD_LINES)), before=st.integers(min_value=1, max_value=5),
-       after=st.integers(min_value=0, max_value=5), chunk_sizes=chunks)
+@given(
+    kind=st.sampled_from(sorted(BAD_LINES)),
+    before=st.integers(min_value=1, max_value=5),
+    after=st.integers(min_value=0, max_value=5),
+    chunk_sizes=chunks,
+)
 def test_one_bad_line_is_reported_at_its_line(kind: str, before: int, after: int, chunk_sizes: list[int]) -> None:
     raw, code = BAD_LINES[kind]
     good = [encode(request_line(f"good-{i}")) for i in range(before + after)]
@@ -205,10 +249,14 @@ def test_one_bad_line_is_reported_at_its_line(kind: str, before: int, after: int
 
 
 @settings(PROPERTY, max_examples=examples(40))
-@given(long_at=st.sets(st.integers(min_value=1, max_value=8), min_size=1), total=st.integers(min_value=8, max_value=10),
-       chunk_sizes=chunks)
-def test_lines_over_the_limit_are_reported_each_at_its_line(long_at: set[int], total: int,
-                                                           chunk_sizes: list[int]) -> None:
+@given(
+    long_at=st.sets(st.integers(min_value=1, max_value=8), min_size=1),
+    total=st.integers(min_value=8, max_value=10),
+    chunk_sizes=chunks,
+)
+def test_lines_over_the_limit_are_reported_each_at_its_line(
+    long_at: set[int], total: int, chunk_sizes: list[int]
+) -> None:
     limit = 200
     lines = [encode(request_line(f"id-{n}", "x" * (limit if n in long_at else 1))) for n in range(1, total + 1)]
     data = b"\n".join(lines)

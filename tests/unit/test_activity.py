@@ -14,7 +14,13 @@ def test_a_minute_counts_attempts_tokens_429s_errors_and_the_peak() -> None:
     series = ring.series(minute)
     assert all(len(v) == MINUTES for v in series.values())
     assert {name: values[-1] for name, values in series.items()} == {
-        "requests": 6, "tokens": 60, "throttled": 1, "errors": 3, "peak_in_flight": 3, "circuit_open": 1}
+        "requests": 6,
+        "tokens": 60,
+        "throttled": 1,
+        "errors": 3,
+        "peak_in_flight": 3,
+        "circuit_open": 1,
+    }
     assert sum(series["requests"][:-1]) == 0
 
 
@@ -38,14 +44,46 @@ def test_other_workers_minutes_and_peaks_add_up_and_an_open_circuit_shows(monkey
     assert [(r["minute"], r["requests"], r["tokens"]) for r in mine] == [(now_minute, 1, 7)]
 
     others = [
-        {"deployment": "merge/0", "minute": now_minute, "requests": 3, "tokens": 30, "throttled": 1,
-         "errors": 0, "peak_in_flight": 5, "circuit_open": 0},
-        {"deployment": "merge/0", "minute": now_minute - 2, "requests": 4, "tokens": 8, "throttled": 0,
-         "errors": 2, "peak_in_flight": 1, "circuit_open": 1},
-        {"deployment": "elsewhere/0", "minute": now_minute, "requests": 50, "tokens": 0, "throttled": 0,
-         "errors": 0, "peak_in_flight": 9, "circuit_open": 0},
-        {"deployment": "merge/0", "minute": now_minute - MINUTES, "requests": 99, "tokens": 0, "throttled": 0,
-         "errors": 0, "peak_in_flight": 0, "circuit_open": 0},  # an hour old: outside the window
+        {
+            "deployment": "merge/0",
+            "minute": now_minute,
+            "requests": 3,
+            "tokens": 30,
+            "throttled": 1,
+            "errors": 0,
+            "peak_in_flight": 5,
+            "circuit_open": 0,
+        },
+        {
+            "deployment": "merge/0",
+            "minute": now_minute - 2,
+            "requests": 4,
+            "tokens": 8,
+            "throttled": 0,
+            "errors": 2,
+            "peak_in_flight": 1,
+            "circuit_open": 1,
+        },
+        {
+            "deployment": "elsewhere/0",
+            "minute": now_minute,
+            "requests": 50,
+            "tokens": 0,
+            "throttled": 0,
+            "errors": 0,
+            "peak_in_flight": 9,
+            "circuit_open": 0,
+        },
+        {
+            "deployment": "merge/0",
+            "minute": now_minute - MINUTES,
+            "requests": 99,
+            "tokens": 0,
+            "throttled": 0,
+            "errors": 0,
+            "peak_in_flight": 0,
+            "circuit_open": 0,
+        },  # an hour old: outside the window
     ]
     series = snapshot("merge/0", now=now_minute * 60 + 30, others=others)["series"]
     assert series["requests"][-1] == 4 and series["tokens"][-1] == 37 and series["throttled"][-1] == 1

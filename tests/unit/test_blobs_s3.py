@@ -24,7 +24,7 @@ async def test_a_streamed_write_reads_back_whole_and_by_ranges(store: S3BlobStor
     data = b"".join(f"line {i}\n".encode() for i in range(200_000))  # ~1.6 MB, several chunks
     writer = await store.writer("file-a")
     for start in range(0, len(data), 300_000):
-        await writer.write(data[start:start + 300_000])
+        await writer.write(data[start : start + 300_000])
     digest = await writer.commit()
     assert writer.size == len(data) and writer.lines == 200_000
     assert len(digest) == 64
@@ -39,7 +39,10 @@ async def test_lines_stream_from_s3_with_exact_offsets(store: S3BlobStore) -> No
     await writer.write(b'{"a": 1}\n\n{"b": 22}')
     await writer.commit()
     assert [item async for item in iter_lines(store, "file-b", 1024)] == [
-        (0, 8, b'{"a": 1}'), (9, 0, b""), (10, 9, b'{"b": 22}')]
+        (0, 8, b'{"a": 1}'),
+        (9, 0, b""),
+        (10, 9, b'{"b": 22}'),
+    ]
 
 
 async def test_an_aborted_upload_leaves_no_object(store: S3BlobStore, s3: MotoS3Process) -> None:
@@ -63,14 +66,26 @@ async def test_delete_is_idempotent_and_ping_answers(store: S3BlobStore) -> None
 
 
 async def test_settings_in_the_config_override_the_aws_environment(
-        s3: MotoS3Process, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3: MotoS3Process, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The environment points nowhere useful; `storage.s3` in the config names the real server.
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing answers
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP"):
         monkeypatch.delenv(name, raising=False)
-    config = Settings.model_validate({"storage": {"files": f"s3://{BUCKET}/cfg-{secrets.token_hex(4)}", "s3": {
-        "endpoint": s3.url, "region": "us-east-1", "access_key_id": "test", "secret_access_key": "test",
-        "allow_http": True}}})
+    config = Settings.model_validate(
+        {
+            "storage": {
+                "files": f"s3://{BUCKET}/cfg-{secrets.token_hex(4)}",
+                "s3": {
+                    "endpoint": s3.url,
+                    "region": "us-east-1",
+                    "access_key_id": "test",
+                    "secret_access_key": "test",
+                    "allow_http": True,
+                },
+            }
+        }
+    )
     assert "secret_access_key='test'" not in repr(config.storage.s3)  # never in a log line
     store = open_blobs(config.storage.files, config.storage.s3)
     writer = await store.writer("file-cfg")

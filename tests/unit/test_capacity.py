@@ -33,8 +33,10 @@ def test_a_small_demand_is_met_and_the_rest_shared() -> None:
     assert max_min_fair(30, {"a": 0, "b": 5}) == {"a": 0, "b": 5}
 
 
-@given(st.integers(0, 200), st.dictionaries(st.text("abcdef", min_size=1, max_size=3), st.integers(0, 300),
-                                            min_size=1, max_size=8))
+@given(
+    st.integers(0, 200),
+    st.dictionaries(st.text("abcdef", min_size=1, max_size=3), st.integers(0, 300), min_size=1, max_size=8),
+)
 def test_fair_split_never_exceeds_total_or_demand(total: int, demands: dict[str, int]) -> None:
     split = max_min_fair(total, demands)
     assert set(split) == set(demands)
@@ -65,14 +67,15 @@ def test_a_newcomer_gets_only_what_the_others_left_free() -> None:
 
 
 def test_an_idle_worker_keeps_only_its_calls_in_flight() -> None:
-    assert decide_lease("d", "a", 30, 4, 4, [lease("b", 10, 0.5, 30)]) == (
-        lease("a", 4, 0.0, 4, wants_rate=False), 4)
+    assert decide_lease("d", "a", 30, 4, 4, [lease("b", 10, 0.5, 30)]) == (lease("a", 4, 0.0, 4, wants_rate=False), 4)
 
 
-@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=6),
-       st.integers(1, 40), st.randoms())
-def test_renewals_in_any_order_never_sum_past_the_limit(workers: list[tuple[int, int]], limit: int,
-                                                        rnd) -> None:  # type: ignore[no-untyped-def]
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=6),
+    st.integers(1, 40),
+    st.randoms(),
+)
+def test_renewals_in_any_order_never_sum_past_the_limit(workers: list[tuple[int, int]], limit: int, rnd) -> None:  # type: ignore[no-untyped-def]
     """Workers renew one after another (serialised, as the advisory lock makes them), in a random
     order, with random demands; each keeps its calls in flight within its own lease."""
     held = {f"w{i}": lease(f"w{i}", 0, 0.0, 0) for i in range(len(workers))}
@@ -147,15 +150,20 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 async def test_three_coordinators_converge_to_equal_parts_and_release_on_stop(store: Store) -> None:
     engine_config = EngineConfig(capacity_interval_s=0.1, capacity_lease_s=5.0)
     pools = [_pool(30) for _ in range(3)]
-    coordinators = [CapacityCoordinator(store, pool, engine_config, f"w{i}", lambda d: d.config.max_concurrency,
-                                        lambda: None) for i, pool in enumerate(pools)]
+    coordinators = [
+        CapacityCoordinator(store, pool, engine_config, f"w{i}", lambda d: d.config.max_concurrency, lambda: None)
+        for i, pool in enumerate(pools)
+    ]
     for _ in range(3):  # a few rounds: early holders shrink, late comers grow into the freed slots
         for coordinator in coordinators:
             await coordinator.renew()
             rows = await store.list_capacity_leases()
             assert sum(r["slots"] for r in rows) <= 30
     assert sorted((r["owner"], r["slots"]) for r in await store.list_capacity_leases()) == [
-        ("w0", 10), ("w1", 10), ("w2", 10)]
+        ("w0", 10),
+        ("w1", 10),
+        ("w2", 10),
+    ]
     assert [p["m"].deployments[0].limits.concurrency for p in pools] == [10, 10, 10]
     await coordinators[0].release()
     for coordinator in coordinators[1:]:
@@ -170,8 +178,10 @@ async def test_busy_workers_hand_slots_to_newcomers(store: Store) -> None:
     engine_config = EngineConfig(capacity_interval_s=0.1, capacity_lease_s=5.0)
     pools = [_pool(30) for _ in range(3)]
     deployments = [pool["m"].deployments[0] for pool in pools]
-    coordinators = [CapacityCoordinator(store, pool, engine_config, f"w{i}", lambda d: d.config.max_concurrency,
-                                        lambda: None) for i, pool in enumerate(pools)]
+    coordinators = [
+        CapacityCoordinator(store, pool, engine_config, f"w{i}", lambda d: d.config.max_concurrency, lambda: None)
+        for i, pool in enumerate(pools)
+    ]
     await coordinators[0].renew()
     assert deployments[0].limits.concurrency == 30  # alone: everything
     for _ in range(3):
@@ -181,7 +191,10 @@ async def test_busy_workers_hand_slots_to_newcomers(store: Store) -> None:
             assert sum(r["slots"] for r in await store.list_capacity_leases()) <= 30
     assert [d.limits.concurrency for d in deployments] == [10, 10, 10]
     assert sorted((r["owner"], r["slots"]) for r in await store.list_capacity_leases()) == [
-        ("w0", 10), ("w1", 10), ("w2", 10)]
+        ("w0", 10),
+        ("w1", 10),
+        ("w2", 10),
+    ]
 
 
 async def test_a_vanished_workers_lease_expires_and_its_part_is_reused(store: Store) -> None:

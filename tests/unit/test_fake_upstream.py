@@ -222,9 +222,7 @@ async def test_stats_count_requests(client: httpx.AsyncClient, fake: FakeUpstrea
     await client.post("/chat/completions", json=chat("a", model="m1"))
     await client.post("/chat/completions", json=chat("a", model="m1"))
     await client.post("/chat/completions", json=chat("@status:500:1", model="m2"))
-    await client.post(
-        "/embeddings", json={"model": "e", "input": "x"}, headers={"Authorization": "Bearer k2"}
-    )
+    await client.post("/embeddings", json={"model": "e", "input": "x"}, headers={"Authorization": "Bearer k2"})
     stats = (await client.get(fake.root_url + "/_stats")).json()
     assert stats["requests_total"] == 4
     assert stats["by_status"] == {"200": 3, "500": 1}
@@ -238,8 +236,7 @@ async def test_stats_count_requests(client: httpx.AsyncClient, fake: FakeUpstrea
 async def test_max_in_flight(client: httpx.AsyncClient, fake: FakeUpstream) -> None:
     # Hanging requests make the concurrency exact instead of timing-dependent.
     tasks = [
-        asyncio.ensure_future(client.post("/chat/completions", json=chat(f"{i} @hang:1"), timeout=30))
-        for i in range(5)
+        asyncio.ensure_future(client.post("/chat/completions", json=chat(f"{i} @hang:1"), timeout=30)) for i in range(5)
     ]
     await eventually(lambda: fake.stats()["in_flight"] == 5)
     assert fake.stats()["max_in_flight"] == 5
@@ -250,9 +247,7 @@ async def test_max_in_flight(client: httpx.AsyncClient, fake: FakeUpstream) -> N
     assert fake.stats()["max_in_flight"] == 5
 
 
-async def test_reset_clears_stats_counters_and_controls(
-    client: httpx.AsyncClient, fake: FakeUpstream
-) -> None:
+async def test_reset_clears_stats_counters_and_controls(client: httpx.AsyncClient, fake: FakeUpstream) -> None:
     body = chat("@status:503:1")
     assert (await client.post("/chat/completions", json=body)).status_code == 503
     assert (await client.post(fake.root_url + "/_control", json={"latency_ms": 5})).status_code == 200
@@ -265,9 +260,7 @@ async def test_reset_clears_stats_counters_and_controls(
 
 
 async def test_global_fail_rate_is_deterministic(client: httpx.AsyncClient, fake: FakeUpstream) -> None:
-    r = await client.post(
-        fake.root_url + "/_control", json={"fail_status": 503, "fail_rate": 0.5, "retry_after": 1}
-    )
+    r = await client.post(fake.root_url + "/_control", json={"fail_status": 503, "fail_rate": 0.5, "retry_after": 1})
     assert r.json()["fail_status"] == 503
     answers = [await client.post("/chat/completions", json=chat(str(i))) for i in range(6)]
     assert [a.status_code for a in answers] == [200, 503] * 3
@@ -345,9 +338,7 @@ async def test_rpm_window_slides_and_control_and_reset(client: httpx.AsyncClient
 def test_subprocess_with_openai_sdk(upstream: FakeUpstreamProcess) -> None:
     assert upstream.url.endswith("/v1") and upstream.port > 0
     with openai_client(upstream.url, api_key="upstream-secret") as sdk:
-        completion = sdk.chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": "hi there"}]
-        )
+        completion = sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hi there"}])
         assert completion.choices[0].message.content == "echo: hi there"
         assert completion.usage is not None and completion.usage.prompt_tokens == count_tokens("hi there")
         embedding = sdk.embeddings.create(model="fake-model", input="abc")  # base64 on the wire

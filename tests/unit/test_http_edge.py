@@ -66,6 +66,8 @@ def test_open_mode_refuses_forwarded_ips_from_the_environment(monkeypatch: pytes
 def test_proxy_headers_are_off_unless_forwarded_ips_are_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     assert proxy_options(settings("k")) == {"proxy_headers": False}
     assert proxy_options(settings("k", forwarded="10.0.0.1,10.0.0.2")) == {
-        "proxy_headers": True, "forwarded_allow_ips": "10.0.0.1,10.0.0.2"}
+        "proxy_headers": True,
+        "forwarded_allow_ips": "10.0.0.1,10.0.0.2",
+    }
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.9")
     assert proxy_options(settings("k")) == {"proxy_headers": True}  # uvicorn reads the variable itself

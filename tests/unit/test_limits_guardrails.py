@@ -314,8 +314,12 @@ def test_estimate_ignores_a_malformed_allowance(allowance: Any) -> None:
 
 
 def test_estimate_of_a_real_line() -> None:
-    row = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
-           "body": {"model": "m", "messages": [{"role": "user", "content": "hello " * 50}], "max_tokens": 64}}
+    row = {
+        "custom_id": "r1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": "hello " * 50}], "max_tokens": 64},
+    }
     line = orjson.dumps(row)
     assert estimate_tokens(line, row["body"]) == len(line) // 4 + 64
 
@@ -450,8 +454,9 @@ def test_a_half_open_deployment_gets_one_probe_then_is_skipped_again() -> None:
 
 
 # ============================================================================ guardrails: PII
-@pytest.mark.parametrize("number", ["4111111111111111", "79927398713", "4012888888881881", "378282246310005",
-                                    "5555555555554444", "0"])
+@pytest.mark.parametrize(
+    "number", ["4111111111111111", "79927398713", "4012888888881881", "378282246310005", "5555555555554444", "0"]
+)
 def test_luhn_valid_numbers(number: str) -> None:
     assert luhn_valid(number)
 
@@ -466,28 +471,34 @@ def test_emails_are_redacted(email: str) -> None:
     assert redact_pii(f"write to {email} today") == "write to [REDACTED_EMAIL] today"
 
 
-@pytest.mark.parametrize("phone", ["+1 415-555-0100", "(415) 555-0100", "415.555.0100", "415-555-0100",
-                                   "+44 20 7946 0958", "020 7946 0958"])
+@pytest.mark.parametrize(
+    "phone", ["+1 415-555-0100", "(415) 555-0100", "415.555.0100", "415-555-0100", "+44 20 7946 0958", "020 7946 0958"]
+)
 def test_phone_numbers_are_redacted(phone: str) -> None:
     assert redact_pii(f"call {phone} now") == "call [REDACTED_PHONE] now"
 
 
-@pytest.mark.parametrize("card", ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111",
-                                  "5555 5555 5555 4444", "378282246310005"])
+@pytest.mark.parametrize(
+    "card", ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "5555 5555 5555 4444", "378282246310005"]
+)
 def test_luhn_valid_card_numbers_are_redacted(card: str) -> None:
     assert redact_pii(f"card {card}, thanks") == "card [REDACTED_CARD], thanks"
 
 
-@pytest.mark.parametrize("number", ["1234567812345678", "1234 5678 9012 3456", "1234-5678-9012-3456",
-                                    "4111 1111 1111 1112"],
-                         ids=["plain", "grouped-spaces", "grouped-dashes", "grouped-near-miss"])
+@pytest.mark.parametrize(
+    "number",
+    ["1234567812345678", "1234 5678 9012 3456", "1234-5678-9012-3456", "4111 1111 1111 1112"],
+    ids=["plain", "grouped-spaces", "grouped-dashes", "grouped-near-miss"],
+)
 def test_a_16_digit_number_failing_luhn_is_kept(number: str) -> None:
     text = f"order {number} shipped"
     assert redact_pii(text) == text
 
 
-@pytest.mark.parametrize("text", ["order 12345 shipped", "in 2024 we sold 1500000 units", "v1.2.3 on 2024-01-15",
-                                  "no pii here at all", "ratio 3:1"])
+@pytest.mark.parametrize(
+    "text",
+    ["order 12345 shipped", "in 2024 we sold 1500000 units", "v1.2.3 on 2024-01-15", "no pii here at all", "ratio 3:1"],
+)
 def test_ordinary_text_and_numbers_are_kept(text: str) -> None:
     assert redact_pii(text) == text
 
@@ -528,13 +539,19 @@ def test_a_deny_pattern_blocks_naming_the_rule() -> None:
 
 def test_deny_patterns_see_every_message_and_content_parts() -> None:
     rails = Guardrails([rule("deny", deny_patterns=["forbidden"])])
-    system_body = {"model": "m", "messages": [{"role": "system", "content": "forbidden words"},
-                                              {"role": "user", "content": "hi"}]}
+    system_body = {
+        "model": "m",
+        "messages": [{"role": "system", "content": "forbidden words"}, {"role": "user", "content": "hi"}],
+    }
     parts_body = chat_body([{"type": "text", "text": "a"}, {"type": "text", "text": "forbidden"}])
     responses_body = {"model": "m", "instructions": "be nice", "input": "say forbidden"}
     prompt_body = {"model": "m", "prompt": ["ok", "forbidden"]}
-    for endpoint, body in [(CHAT, system_body), (CHAT, parts_body), ("/v1/responses", responses_body),
-                           ("/v1/completions", prompt_body)]:
+    for endpoint, body in [
+        (CHAT, system_body),
+        (CHAT, parts_body),
+        ("/v1/responses", responses_body),
+        ("/v1/completions", prompt_body),
+    ]:
         with pytest.raises(Blocked):
             rails.check_input("m", None, endpoint, body)
 
@@ -599,13 +616,20 @@ def test_check_input_does_not_change_the_callers_body() -> None:
 
 def test_input_redaction_in_message_strings_and_content_parts() -> None:
     rails = Guardrails([rule("pii", redact_pii=PiiRedactionConfig(input=True))])
-    body = {"model": "m", "temperature": 0.5, "messages": [
-        {"role": "system", "content": "the user is bob@example.com"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "my card is 4111 1111 1111 1111, phone (415) 555-0100"},
-            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
-        ]},
-    ]}
+    body = {
+        "model": "m",
+        "temperature": 0.5,
+        "messages": [
+            {"role": "system", "content": "the user is bob@example.com"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "my card is 4111 1111 1111 1111, phone (415) 555-0100"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                ],
+            },
+        ],
+    }
     out = rails.check_input("m", None, CHAT, body)
     assert out["messages"][0]["content"] == "the user is [REDACTED_EMAIL]"
     parts = out["messages"][1]["content"]
@@ -616,9 +640,16 @@ def test_input_redaction_in_message_strings_and_content_parts() -> None:
 
 def test_input_redaction_in_responses_and_completions() -> None:
     rails = Guardrails([rule("pii", redact_pii=PiiRedactionConfig(input=True))])
-    responses = rails.check_input("m", None, "/v1/responses", {
-        "model": "m", "instructions": "reply to bob@example.com",
-        "input": [{"role": "user", "content": "I am at 415-555-0100"}]})
+    responses = rails.check_input(
+        "m",
+        None,
+        "/v1/responses",
+        {
+            "model": "m",
+            "instructions": "reply to bob@example.com",
+            "input": [{"role": "user", "content": "I am at 415-555-0100"}],
+        },
+    )
     assert responses["instructions"] == "reply to [REDACTED_EMAIL]"
     assert responses["input"][0]["content"] == "I am at [REDACTED_PHONE]"
     completion = rails.check_input("m", None, "/v1/completions", {"model": "m", "prompt": "x bob@example.com"})
@@ -654,17 +685,23 @@ def test_rules_are_scoped_by_model() -> None:
 
 
 def test_rules_are_scoped_by_key() -> None:
-    rails = Guardrails([rule("for-k1", keys=["key_1"], deny_patterns=["bad"]),
-                        rule("redact-k2", keys=["key_2"], redact_pii=PiiRedactionConfig(input=True, output=True))])
+    rails = Guardrails(
+        [
+            rule("for-k1", keys=["key_1"], deny_patterns=["bad"]),
+            rule("redact-k2", keys=["key_2"], redact_pii=PiiRedactionConfig(input=True, output=True)),
+        ]
+    )
     with pytest.raises(Blocked) as info:
         rails.check_input("m", "key_1", CHAT, chat_body("bad"))
     assert info.value.rule == "for-k1"
     assert rails.check_input("m", "key_2", CHAT, chat_body("bad"))  # not key_1's rule
     assert rails.check_input("m", None, CHAT, chat_body("bad"))  # nor the admin's
     assert rails.check_input("m", "key_2", CHAT, chat_body("bob@example.com"))["messages"][0]["content"] == (
-        "[REDACTED_EMAIL]")
+        "[REDACTED_EMAIL]"
+    )
     assert rails.check_input("m", "key_1", CHAT, chat_body("bob@example.com"))["messages"][0]["content"] == (
-        "bob@example.com")
+        "bob@example.com"
+    )
     assert rails.redacts_output("m", "key_2")
     assert not rails.redacts_output("m", "key_1")
     assert not rails.redacts_output("m", None)
@@ -687,8 +724,7 @@ def test_no_rules_is_falsy_and_changes_nothing() -> None:
 
 
 def test_rules_run_in_order_deny_sees_the_input_before_a_later_redaction() -> None:
-    rails = Guardrails([rule("redact", redact_pii=PiiRedactionConfig(input=True)),
-                        rule("clamp", clamp_max_tokens=8)])
+    rails = Guardrails([rule("redact", redact_pii=PiiRedactionConfig(input=True)), rule("clamp", clamp_max_tokens=8)])
     out = rails.check_input("m", None, CHAT, chat_body("bob@example.com", max_tokens=99))
     assert out["messages"][0]["content"] == "[REDACTED_EMAIL]" and out["max_tokens"] == 8
 
@@ -700,18 +736,30 @@ def test_an_invalid_deny_pattern_is_a_config_error() -> None:
 
 # ============================================================================ guardrails: redact_output
 def test_redact_output_of_a_chat_completion() -> None:
-    answer = {"id": "chatcmpl-1", "object": "chat.completion", "model": "m",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "mail bob@example.com"},
-                           "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "mail bob@example.com"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    }
     out = Guardrails.redact_output(answer)
     assert out["choices"][0]["message"]["content"] == "mail [REDACTED_EMAIL]"
     assert out["usage"] == answer["usage"] and out["id"] == "chatcmpl-1" and out["model"] == "m"
 
 
 def test_redact_output_of_responses_and_completions() -> None:
-    response = {"object": "response", "output": [{"type": "message", "content": [
-        {"type": "output_text", "text": "card 4111111111111111", "annotations": []}]}]}
+    response = {
+        "object": "response",
+        "output": [
+            {
+                "type": "message",
+                "content": [{"type": "output_text", "text": "card 4111111111111111", "annotations": []}],
+            }
+        ],
+    }
     assert Guardrails.redact_output(response)["output"][0]["content"][0]["text"] == "card [REDACTED_CARD]"
     completion = {"object": "text_completion", "choices": [{"index": 0, "text": "call 415-555-0100"}]}
     assert Guardrails.redact_output(completion)["choices"][0]["text"] == "call [REDACTED_PHONE]"

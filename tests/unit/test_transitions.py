@@ -17,8 +17,14 @@ from batchgate.store.database import create_engine
 from batchgate.store.migrate import upgrade_to_head
 from batchgate.store.queries import Row, Store
 
-PARAMS = BatchParams(input_file_id="file-input", endpoint="/v1/chat/completions", completion_window="24h",
-                     window_s=86400, metadata=None, output_expires_after=None)
+PARAMS = BatchParams(
+    input_file_id="file-input",
+    endpoint="/v1/chat/completions",
+    completion_window="24h",
+    window_s=86400,
+    metadata=None,
+    output_expires_after=None,
+)
 
 
 @pytest.fixture
@@ -61,8 +67,10 @@ async def test_a_failed_validation_fails_an_openai_batch_and_cancels_an_xai_one(
     failed, cancelled = await status_of(store, openai_batch), await status_of(store, xai_batch)
     assert (failed["status"], failed["errors"], failed["cancel_message"]) == (BatchStatus.FAILED, errors, None)
     assert failed["failed_at"] is not None
-    assert (cancelled["status"], cancelled["cancel_message"]) == (BatchStatus.CANCELLED,
-                                                                  "invalid input file: line 1: bad")
+    assert (cancelled["status"], cancelled["cancel_message"]) == (
+        BatchStatus.CANCELLED,
+        "invalid input file: line 1: bad",
+    )
     assert cancelled["cancelled_at"] is not None
     assert not await transitions.fail_validation(store, openai_batch, rules_for("openai"), errors, "again")
 
@@ -75,8 +83,17 @@ async def test_a_cancel_request_moves_validating_and_in_progress_batches(store: 
     assert not await transitions.request_cancel(store, batch["id"])
 
 
-@pytest.mark.parametrize("status", [BatchStatus.FINALIZING, BatchStatus.COMPLETED, BatchStatus.FAILED,
-                                    BatchStatus.EXPIRED, BatchStatus.CANCELLED, BatchStatus.CANCELLING])
+@pytest.mark.parametrize(
+    "status",
+    [
+        BatchStatus.FINALIZING,
+        BatchStatus.COMPLETED,
+        BatchStatus.FAILED,
+        BatchStatus.EXPIRED,
+        BatchStatus.CANCELLED,
+        BatchStatus.CANCELLING,
+    ],
+)
 async def test_a_cancel_request_leaves_every_other_status_alone(store: Store, status: BatchStatus) -> None:
     batch = await new_batch(store, status)
     assert not await transitions.request_cancel(store, batch["id"])
@@ -94,21 +111,35 @@ async def test_finalise_then_complete_records_the_files_with_the_status(store: S
     assert not await transitions.complete(store, batch, {})  # not finalizing yet
     assert await transitions.finalise(store, batch["id"])
     now = int(time.time())
-    output = {"id": "file-out", "team_id": None, "purpose": "batch_output", "filename": "o.jsonl", "bytes": 1,
-              "sha256": "0" * 64, "created_at": now, "expires_at": None, "provider_name": None}
+    output = {
+        "id": "file-out",
+        "team_id": None,
+        "purpose": "batch_output",
+        "filename": "o.jsonl",
+        "bytes": 1,
+        "sha256": "0" * 64,
+        "created_at": now,
+        "expires_at": None,
+        "provider_name": None,
+    }
     assert await transitions.complete(store, await status_of(store, batch), {"output": output})
     assert not await transitions.complete(store, batch, {"output": {**output, "id": "file-again"}})
     fresh = await status_of(store, batch)
-    assert (fresh["status"], fresh["output_file_id"], fresh["error_file_id"]) == (BatchStatus.COMPLETED, "file-out",
-                                                                                 None)
+    assert (fresh["status"], fresh["output_file_id"], fresh["error_file_id"]) == (
+        BatchStatus.COMPLETED,
+        "file-out",
+        None,
+    )
     assert fresh["completed_at"] is not None and fresh["finalizing_at"] is not None
     assert await store.get_file("file-out", now) is not None
     assert await store.get_file("file-again", now) is None  # the loser's rows are rolled back
 
 
 async def test_expire_and_finish_cancel_end_only_their_own_statuses(store: Store) -> None:
-    running, cancelling = await new_batch(store, BatchStatus.IN_PROGRESS), await new_batch(store,
-                                                                                           BatchStatus.CANCELLING)
+    running, cancelling = (
+        await new_batch(store, BatchStatus.IN_PROGRESS),
+        await new_batch(store, BatchStatus.CANCELLING),
+    )
     assert not await transitions.finish_cancel(store, running, {})
     assert not await transitions.expire(store, cancelling, {})
     assert await transitions.expire(store, running, {})

@@ -609,21 +609,30 @@ def test_request_ids_are_stable_and_distinct() -> None:
 def test_config_refuses_a_deployment_name_used_by_two_models() -> None:
     deployment = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "name": "vllm-1"}
     with pytest.raises(ValueError, match=r"deployment names must be unique across models: \['vllm-1'\]"):
-        Settings.model_validate({"models": [{"name": "a", "deployments": [deployment]},
-                                            {"name": "b", "deployments": [deployment]}]})
+        Settings.model_validate(
+            {"models": [{"name": "a", "deployments": [deployment]}, {"name": "b", "deployments": [deployment]}]}
+        )
     # Unnamed deployments get "<model>/<index>", unique by construction.
     unnamed = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1"}
-    Settings.model_validate({"models": [{"name": "a", "deployments": [unnamed, unnamed]},
-                                        {"name": "b", "deployments": [unnamed]}]})
+    Settings.model_validate(
+        {"models": [{"name": "a", "deployments": [unnamed, unnamed]}, {"name": "b", "deployments": [unnamed]}]}
+    )
 
 
-@pytest.mark.parametrize(("base_url", "message"), [
-    ("http://user:secret@127.0.0.1:9/v1", "must not carry user:password@; put the upstream's credential in api_key"),
-    ("http://token@127.0.0.1:9/v1", "must not carry user:password@"),
-    ("127.0.0.1:9/v1", "must be an http:// or https:// URL with a host"),
-    ("ftp://127.0.0.1/v1", "must be an http:// or https:// URL with a host"),
-])
+@pytest.mark.parametrize(
+    ("base_url", "message"),
+    [
+        (
+            "http://user:secret@127.0.0.1:9/v1",
+            "must not carry user:password@; put the upstream's credential in api_key",
+        ),
+        ("http://token@127.0.0.1:9/v1", "must not carry user:password@"),
+        ("127.0.0.1:9/v1", "must be an http:// or https:// URL with a host"),
+        ("ftp://127.0.0.1/v1", "must be an http:// or https:// URL with a host"),
+    ],
+)
 def test_config_refuses_a_base_url_that_would_fail_every_call(base_url: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        Settings.model_validate({"models": [{"name": "a", "deployments": [
-            {"provider": "openai", "base_url": base_url}]}]})
+        Settings.model_validate(
+            {"models": [{"name": "a", "deployments": [{"provider": "openai", "base_url": base_url}]}]}
+        )

@@ -15,9 +15,20 @@ from batchgate.store.queries import FinishedRequest
 
 
 def answer(line_no: int, body: str = '{"ok":true}') -> FinishedRequest:
-    return FinishedRequest(batch_id="batch_1", line_no=line_no, custom_id=f"r{line_no}", ok=True, status_code=200,
-                           upstream_request_id="req", body=body, error_code=None, error_message=None,
-                           finished_at=0.0, input_tokens=3, output_tokens=4)
+    return FinishedRequest(
+        batch_id="batch_1",
+        line_no=line_no,
+        custom_id=f"r{line_no}",
+        ok=True,
+        status_code=200,
+        upstream_request_id="req",
+        body=body,
+        error_code=None,
+        error_message=None,
+        finished_at=0.0,
+        input_tokens=3,
+        output_tokens=4,
+    )
 
 
 class FlakyStore:
@@ -67,14 +78,17 @@ async def test_an_answer_survives_the_database_coming_back_between_two_tries() -
     assert (stored.ok, stored.error_code, stored.body, stored.output_tokens) == (True, None, '{"ok":true}', 4)
 
 
-@pytest.mark.parametrize("error", [
-    ConnectionRefusedError(111, "Connection refused"),
-    ConnectionResetError(104, "Connection reset by peer"),
-    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
-    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
-    sa_exc.TimeoutError("QueuePool limit of size 10 overflow 10 reached, connection timed out"),
-    sa_exc.OperationalError("SELECT", {}, Exception("database is locked")),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        sa_exc.TimeoutError("QueuePool limit of size 10 overflow 10 reached, connection timed out"),
+        sa_exc.OperationalError("SELECT", {}, Exception("database is locked")),
+    ],
+)
 async def test_every_outage_keeps_the_answers_until_the_database_answers(error: Exception) -> None:
     store = FlakyStore(lambda call, _: error if call <= 7 else None)
     writer = writer_for(store)
@@ -101,7 +115,8 @@ async def test_a_value_the_database_refuses_becomes_an_error_line_and_the_rest_a
 
 
 async def test_an_outage_is_logged_when_it_starts_and_when_it_ends_not_per_try(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = FlakyStore(lambda call, _: refused() if call <= 40 else None)
     writer = writer_for(store, outage=OutageLog(logging.getLogger("test.outage"), report_every_s=3600))
     for line in range(1, 101):

@@ -45,8 +45,14 @@ async def _http_error(request: Request, exc: Exception) -> JSON:
         message = f"method {request.method} is not allowed on {request.url.path}"
     else:
         message = str(exc.detail)
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                      "code": "not_found" if exc.status_code == 404 else None}}
+    body = {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "not_found" if exc.status_code == 404 else None,
+        }
+    }
     return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
@@ -67,15 +73,27 @@ async def _storage_error(request: Request, exc: Exception) -> JSON:
     gateway = getattr(request.app.state, "gateway", None)
     if gateway is not None:  # logged once per outage, not once per request
         gateway.store.outage.failed(exc, f"answering {request.method} {request.url.path}")
-    body = {"error": {"message": "the gateway's database is not answering right now; retry in a few seconds",
-                      "type": "server_error", "param": None, "code": "database_unavailable"}}
+    body = {
+        "error": {
+            "message": "the gateway's database is not answering right now; retry in a few seconds",
+            "type": "server_error",
+            "param": None,
+            "code": "database_unavailable",
+        }
+    }
     return JSON(body, status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSON:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    body = {"error": {"message": "internal server error; see the server log", "type": "server_error",
-                      "param": None, "code": "internal_error"}}
+    body = {
+        "error": {
+            "message": "internal server error; see the server log",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
     return JSON(body, status_code=500)
 
 
@@ -90,10 +108,18 @@ class RejectNulInUrl:
         if scope["type"] == "http":
             query = scope.get("query_string", b"").decode("latin-1")
             if "\x00" in scope["path"] or "%00" in query or "\x00" in query:
-                param = next((k or None for k, v in parse_qsl(query, keep_blank_values=True)
-                              if "\x00" in v and "\x00" not in k), None)
-                body = {"error": {"message": "the URL must not contain NUL characters (%00)",
-                                  "type": "invalid_request_error", "param": param, "code": "invalid_request"}}
+                param = next(
+                    (k or None for k, v in parse_qsl(query, keep_blank_values=True) if "\x00" in v and "\x00" not in k),
+                    None,
+                )
+                body = {
+                    "error": {
+                        "message": "the URL must not contain NUL characters (%00)",
+                        "type": "invalid_request_error",
+                        "param": param,
+                        "code": "invalid_request",
+                    }
+                }
                 await JSON(body, status_code=400)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -108,9 +134,11 @@ async def _report_failure(failed: asyncio.Future[str], on_engine_failure: Callab
     on_engine_failure(await failed)
 
 
-def create_app(settings: Settings, *, run_engine: bool = True,
-               on_engine_failure: Callable[[str], None] | None = None) -> Starlette:
+def create_app(
+    settings: Settings, *, run_engine: bool = True, on_engine_failure: Callable[[str], None] | None = None
+) -> Starlette:
     """The ASGI app; `on_engine_failure(reason)` is called if an engine loop dies (serve stops the server)."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_gateway(settings, run_engine=run_engine) as gateway:
@@ -136,13 +164,25 @@ def create_app(settings: Settings, *, run_engine: bool = True,
         ],
         # Handlers by class run in Starlette's ExceptionMiddleware and answer; the catch-all `Exception`
         # one answers too but re-raises, so only bugs should reach it.
-        exception_handlers={APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
-                            SQLAlchemyError: _storage_error, OSError: _storage_error,
-                            asyncpg.PostgresError: _storage_error, asyncpg.InterfaceError: _storage_error,
-                            Exception: _unexpected},
-        middleware=[Middleware(RequestMetrics), Middleware(RejectNulInUrl),
-                    Middleware(BodyIdleTimeout, idle_s=settings.limits.body_idle_timeout_s,
-                               min_bytes_per_s=settings.limits.body_min_bytes_per_s,
-                               grace_s=settings.limits.body_rate_grace_s)],
+        exception_handlers={
+            APIError: _api_error,
+            HTTPException: _http_error,
+            ClientDisconnect: _client_gone,
+            SQLAlchemyError: _storage_error,
+            OSError: _storage_error,
+            asyncpg.PostgresError: _storage_error,
+            asyncpg.InterfaceError: _storage_error,
+            Exception: _unexpected,
+        },
+        middleware=[
+            Middleware(RequestMetrics),
+            Middleware(RejectNulInUrl),
+            Middleware(
+                BodyIdleTimeout,
+                idle_s=settings.limits.body_idle_timeout_s,
+                min_bytes_per_s=settings.limits.body_min_bytes_per_s,
+                grace_s=settings.limits.body_rate_grace_s,
+            ),
+        ],
         lifespan=lifespan,
     )

@@ -60,9 +60,12 @@ def _is_own_origin(origin: str, port: int | None) -> bool:
 def _refuse_proxied_requests(request: Request) -> None:
     sent = [name for name in PROXY_HEADERS if name in request.headers]
     if sent:
-        raise Forbidden(f"open local mode (no admin key) does not answer requests through a proxy (this one carries "
-                        f"{', '.join(sent)}): behind a proxy every caller would get admin rights; set auth.admin_key "
-                        "(or BATCHGATE_ADMIN_KEY) to serve through one", code="proxied_open_mode")
+        raise Forbidden(
+            f"open local mode (no admin key) does not answer requests through a proxy (this one carries "
+            f"{', '.join(sent)}): behind a proxy every caller would get admin rights; set auth.admin_key "
+            "(or BATCHGATE_ADMIN_KEY) to serve through one",
+            code="proxied_open_mode",
+        )
 
 
 def _refuse_pages_from_elsewhere(request: Request) -> None:
@@ -73,8 +76,11 @@ def _refuse_pages_from_elsewhere(request: Request) -> None:
     port = _own_port(request)
     host, origin = request.headers.get("host"), request.headers.get("origin")
     if (host is not None and not _is_own_host(host, port)) or (origin is not None and not _is_own_origin(origin, port)):
-        raise Forbidden("open local mode (no admin key) answers only requests to localhost from its own pages; "
-                        "set auth.admin_key to serve other hosts", code="foreign_origin")
+        raise Forbidden(
+            "open local mode (no admin key) answers only requests to localhost from its own pages; "
+            "set auth.admin_key to serve other hosts",
+            code="foreign_origin",
+        )
 
 
 def bearer_token(request: Request) -> str | None:
@@ -97,8 +103,11 @@ async def authenticate(request: Request) -> Principal:
             if row["rpm"]:
                 wait = await gateway.take_key_token(row["id"], row["rpm"])
                 if wait > 0:
-                    raise RateLimited(f"rate limit of {row['rpm']} requests per minute reached for this key",
-                                      code="rate_limit_exceeded", headers={"Retry-After": retry_after_header(wait)})
+                    raise RateLimited(
+                        f"rate limit of {row['rpm']} requests per minute reached for this key",
+                        code="rate_limit_exceeded",
+                        headers={"Retry-After": retry_after_header(wait)},
+                    )
             models = tuple(orjson.loads(row["models"])) if row["models"] else None
             return Principal(team_id=row["team_id"], is_admin=False, key_id=row["id"], models=models)
     if admin_key is None and (token is None or not token.startswith(KEY_PREFIX)):

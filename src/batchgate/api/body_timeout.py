@@ -46,11 +46,14 @@ class _BodyClock:
 
     def error(self, by_rate: bool) -> BodyTimeout:
         if not by_rate:
-            return BodyTimeout(f"the request body stalled: no bytes arrived for {self.idle_s:g} s",
-                               code="request_timeout")
-        return BodyTimeout(f"the request body arrived too slowly: {self.received} bytes in {self.waited_s:.1f} s, "
-                           f"below the minimum of {self.min_bytes_per_s:g} bytes per second",
-                           code="request_timeout")
+            return BodyTimeout(
+                f"the request body stalled: no bytes arrived for {self.idle_s:g} s", code="request_timeout"
+            )
+        return BodyTimeout(
+            f"the request body arrived too slowly: {self.received} bytes in {self.waited_s:.1f} s, "
+            f"below the minimum of {self.min_bytes_per_s:g} bytes per second",
+            code="request_timeout",
+        )
 
 
 class BodyIdleTimeout:

@@ -32,18 +32,32 @@ LINGER_S = 1.0
 
 def limited_protocol(limits: LimitsConfig) -> type[LimitedHttpToolsProtocol]:
     """A protocol class bound to these limits, with its own count of open connections per address."""
-    attributes = {"max_header_bytes": limits.max_header_bytes, "header_timeout_s": limits.header_timeout_s,
-                  "max_connections_per_client": limits.max_connections_per_client, "open_per_client": Counter()}
+    attributes = {
+        "max_header_bytes": limits.max_header_bytes,
+        "header_timeout_s": limits.header_timeout_s,
+        "max_connections_per_client": limits.max_connections_per_client,
+        "open_per_client": Counter(),
+    }
     return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), attributes)
 
 
-def error_response(status: int, error_type: str, code: str, message: str,
-                   default_headers: list[tuple[bytes, bytes]], extra: dict[str, str] | None = None) -> bytes:
+def error_response(
+    status: int,
+    error_type: str,
+    code: str,
+    message: str,
+    default_headers: list[tuple[bytes, bytes]],
+    extra: dict[str, str] | None = None,
+) -> bytes:
     """A whole HTTP/1.1 response with the error envelope, telling the client the connection closes."""
     body = orjson.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}})
-    headers = [*default_headers, (b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
-               *((name.encode(), value.encode()) for name, value in (extra or {}).items())]
+    headers = [
+        *default_headers,
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *((name.encode(), value.encode()) for name, value in (extra or {}).items()),
+    ]
     return STATUS_LINE[status] + b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n" + body
 
 
@@ -67,9 +81,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if not self._admit():
             cap = self.max_connections_per_client
-            self._refuse(503, "rate_limit_error", "too_many_connections",
-                         f"more than {cap} connections from your address are open; close some and retry",
-                         {"Retry-After": "1"})
+            self._refuse(
+                503,
+                "rate_limit_error",
+                "too_many_connections",
+                f"more than {cap} connections from your address are open; close some and retry",
+                {"Retry-After": "1"},
+            )
             return
         self._arm_head_timer()  # the first request's head is due from connection start
 
@@ -128,8 +146,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _refuse_large_head(self) -> None:
-        self._refuse(431, "invalid_request_error", "headers_too_large",
-                     f"the request line and headers are larger than {self.max_header_bytes} bytes")
+        self._refuse(
+            431,
+            "invalid_request_error",
+            "headers_too_large",
+            f"the request line and headers are larger than {self.max_header_bytes} bytes",
+        )
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
@@ -142,8 +164,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        self._refuse(408, "invalid_request_error", "request_timeout",
-                     f"the request line and headers did not arrive within {self.header_timeout_s:g} s")
+        self._refuse(
+            408,
+            "invalid_request_error",
+            "request_timeout",
+            f"the request line and headers did not arrive within {self.header_timeout_s:g} s",
+        )
 
     def _admit(self) -> bool:
         if not self.max_connections_per_client or self.client is None:  # no cap, or a Unix socket
@@ -163,8 +189,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             del self.open_per_client[self._counted_as]
         self._counted_as = None
 
-    def _refuse(self, status: int, error_type: str, code: str, message: str,
-                headers: dict[str, str] | None = None) -> None:
+    def _refuse(
+        self, status: int, error_type: str, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         """Answer `status` and close; input that follows is read and dropped for a moment (see LINGER_S)."""
         self._refused = True
         self._cancel_head_timer()
@@ -174,8 +201,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()  # a response is under way (the client pipelined): an answer now would garble it
             return
-        self.transport.write(error_response(status, error_type, code, message, self.server_state.default_headers,
-                                            headers))
+        self.transport.write(
+            error_response(status, error_type, code, message, self.server_state.default_headers, headers)
+        )
         if not self.transport.can_write_eof():
             self.transport.close()
             return

@@ -10,8 +10,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from batchgate.observability import metrics, tracing
 
 # Longest first: TrueFoundry's inference prefix sits under its shorter one.
-DIALECT_PREFIXES = (("/api/llm/api/inference/openai", "truefoundry"), ("/api/llm", "truefoundry"),
-                    ("/xai/v1", "xai"), ("/v1", "openai"), ("/admin", "admin"))
+DIALECT_PREFIXES = (
+    ("/api/llm/api/inference/openai", "truefoundry"),
+    ("/api/llm", "truefoundry"),
+    ("/xai/v1", "xai"),
+    ("/v1", "openai"),
+    ("/admin", "admin"),
+)
 
 
 def dialect_of(path: str) -> str:
@@ -50,5 +55,11 @@ class RequestMetrics:
                 metrics.HTTP_LATENCY.labels(dialect, route).observe(time.perf_counter() - started)
                 if span is not None:
                     span.update_name(f"{scope['method']} {route}")
-                    span.set_attributes({"http.route": route, "url.path": scope["path"],
-                                         "http.response.status_code": status, "batchgate.dialect": dialect})
+                    span.set_attributes(
+                        {
+                            "http.route": route,
+                            "url.path": scope["path"],
+                            "http.response.status_code": status,
+                            "batchgate.dialect": dialect,
+                        }
+                    )

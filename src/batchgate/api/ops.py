@@ -46,8 +46,10 @@ async def metrics(request: Request) -> Response:
 async def models(request: Request) -> JSON:
     await authenticate(request)
     gateway: Gateway = request.app.state.gateway
-    data = [{"id": m.name, "object": "model", "created": STARTED_AT, "owned_by": "batchgate"}
-            for m in gateway.settings.models]
+    data = [
+        {"id": m.name, "object": "model", "created": STARTED_AT, "owned_by": "batchgate"}
+        for m in gateway.settings.models
+    ]
     return JSON({"object": "list", "data": data})
 
 

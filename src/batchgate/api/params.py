@@ -17,19 +17,22 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidRequest(f"'{name}' must be an integer, got {raw!r}", param=name,
-                             code="invalid_parameter") from None
+        raise InvalidRequest(
+            f"'{name}' must be an integer, got {raw!r}", param=name, code="invalid_parameter"
+        ) from None
     if not low <= value <= high:
-        raise InvalidRequest(f"'{name}' must be between {low} and {high}, got {value}", param=name,
-                             code="invalid_parameter")
+        raise InvalidRequest(
+            f"'{name}' must be between {low} and {high}, got {value}", param=name, code="invalid_parameter"
+        )
     return value
 
 
 def choice_param(request: Request, name: str, default: str, choices: tuple[str, ...]) -> str:
     value = request.query_params.get(name) or default
     if value not in choices:
-        raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}, got {value!r}", param=name,
-                             code="invalid_parameter")
+        raise InvalidRequest(
+            f"'{name}' must be one of {', '.join(choices)}, got {value!r}", param=name, code="invalid_parameter"
+        )
     return value
 
 
@@ -49,8 +52,9 @@ async def json_object(request: Request, max_bytes: int = 1 << 20, allow_nul: boo
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
     if not allow_nul and (path := nul_path(data)) is not None:
         path = path if len(path) <= 200 else path[:197] + "..."
-        raise InvalidRequest(f"'{path}' must not contain NUL characters (\\u0000)", param=path,
-                             code="invalid_parameter")
+        raise InvalidRequest(
+            f"'{path}' must not contain NUL characters (\\u0000)", param=path, code="invalid_parameter"
+        )
     return data
 
 

@@ -37,7 +37,7 @@ def unseal(secret: bytes, scope: str, token: str) -> int | None:
         return None
     if len(raw) != NONCE + POSITION + TAG:
         return None
-    nonce, hidden, tag = raw[:NONCE], raw[NONCE:NONCE + POSITION], raw[NONCE + POSITION:]
+    nonce, hidden, tag = raw[:NONCE], raw[NONCE : NONCE + POSITION], raw[NONCE + POSITION :]
     if not hmac.compare_digest(tag, _mac(secret, scope, b"tag" + nonce + hidden)[:TAG]):
         return None
     pad = _mac(secret, scope, b"pad" + nonce)[:POSITION]

@@ -33,15 +33,24 @@ def header_metadata(request: Request) -> dict[str, str] | None:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise InvalidRequest(f"header {METADATA_HEADER} must be a JSON object of strings", param=METADATA_HEADER,
-                             code="invalid_parameter") from None
+        raise InvalidRequest(
+            f"header {METADATA_HEADER} must be a JSON object of strings",
+            param=METADATA_HEADER,
+            code="invalid_parameter",
+        ) from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise InvalidRequest(f"header {METADATA_HEADER} must be a JSON object whose values are strings",
-                             param=METADATA_HEADER, code="invalid_parameter")
+        raise InvalidRequest(
+            f"header {METADATA_HEADER} must be a JSON object whose values are strings",
+            param=METADATA_HEADER,
+            code="invalid_parameter",
+        )
     long = [k for k, v in data.items() if len(v) > MAX_HEADER_VALUE]
     if long:
-        raise InvalidRequest(f"header {METADATA_HEADER}: the value of {long[0]!r} is longer than "
-                             f"{MAX_HEADER_VALUE} characters", param=METADATA_HEADER, code="invalid_parameter")
+        raise InvalidRequest(
+            f"header {METADATA_HEADER}: the value of {long[0]!r} is longer than {MAX_HEADER_VALUE} characters",
+            param=METADATA_HEADER,
+            code="invalid_parameter",
+        )
     return data
 
 
@@ -52,8 +61,11 @@ def provider_name(request: Request, gateway: Gateway) -> str | None:
         return None
     known = deployment_names(gateway.settings)
     if name not in known:
-        raise InvalidRequest(f"header {PROVIDER_HEADER}: unknown deployment {name!r} (configured: "
-                             f"{', '.join(sorted(known))})", param=PROVIDER_HEADER, code="invalid_parameter")
+        raise InvalidRequest(
+            f"header {PROVIDER_HEADER}: unknown deployment {name!r} (configured: {', '.join(sorted(known))})",
+            param=PROVIDER_HEADER,
+            code="invalid_parameter",
+        )
     return name
 
 
@@ -62,8 +74,9 @@ def job_name(data: dict[str, Any]) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_JOB_NAME:
-        raise InvalidRequest(f"'job_name' must be a string of 1 to {MAX_JOB_NAME} characters", param="job_name",
-                             code="invalid_parameter")
+        raise InvalidRequest(
+            f"'job_name' must be a string of 1 to {MAX_JOB_NAME} characters", param="job_name", code="invalid_parameter"
+        )
     return value
 
 

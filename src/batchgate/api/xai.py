@@ -67,19 +67,35 @@ async def xai_batch(gateway: Gateway, row: Row) -> dict[str, Any]:
     for usage in await gateway.store.usage_by_endpoint(row["id"]):
         ticks = cost_ticks(gateway.settings, row["model"], usage["input_tokens"], usage["output_tokens"])
         total_ticks += ticks
-        endpoint_costs.append({"endpoint": usage["endpoint"] or row["endpoint"], "cost_usd_ticks": ticks,
-                               "request_count": usage["requests"]})
+        endpoint_costs.append(
+            {
+                "endpoint": usage["endpoint"] or row["endpoint"],
+                "cost_usd_ticks": ticks,
+                "request_count": usage["requests"],
+            }
+        )
     finished = row["completed"] + row["failed"]
     return {
-        "batch_id": row["id"], "name": row["name"], "input_file_id": row["input_file_id"],
-        "create_time": rfc3339(row["created_at"]), "create_api_key_id": row["create_api_key_id"],
-        "expire_time": rfc3339(row["expires_at"]), "cancel_time": rfc3339(row["cancelled_at"]),
+        "batch_id": row["id"],
+        "name": row["name"],
+        "input_file_id": row["input_file_id"],
+        "create_time": rfc3339(row["created_at"]),
+        "create_api_key_id": row["create_api_key_id"],
+        "expire_time": rfc3339(row["expires_at"]),
+        "cancel_time": rfc3339(row["cancelled_at"]),
         "cancel_by_xai_message": row["cancel_message"],
-        "state": {"num_requests": row["total"], "num_pending": max(0, row["total"] - finished),
-                  "num_success": row["completed"], "num_error": row["failed"] - row["cancelled"],
-                  "num_cancelled": row["cancelled"]},
-        "cost_breakdown": {"total_cost_usd_ticks": total_ticks, "endpoint_costs": endpoint_costs,
-                           "calculation_time": rfc3339(time.time())},
+        "state": {
+            "num_requests": row["total"],
+            "num_pending": max(0, row["total"] - finished),
+            "num_success": row["completed"],
+            "num_error": row["failed"] - row["cancelled"],
+            "num_cancelled": row["cancelled"],
+        },
+        "cost_breakdown": {
+            "total_cost_usd_ticks": total_ticks,
+            "endpoint_costs": endpoint_costs,
+            "calculation_time": rfc3339(time.time()),
+        },
     }
 
 
@@ -100,8 +116,9 @@ def xai_result(settings: Settings, batch: Row, row: Row) -> dict[str, Any]:
     body = orjson.loads(row["body"]) if row["body"] else None
     if row["ok"]:
         if isinstance(body, dict) and isinstance(body.get("usage"), dict):
-            body["usage"]["cost_in_usd_ticks"] = cost_ticks(settings, batch["model"], row["input_tokens"],
-                                                            row["output_tokens"])
+            body["usage"]["cost_in_usd_ticks"] = cost_ticks(
+                settings, batch["model"], row["input_tokens"], row["output_tokens"]
+            )
         return {"batch_request_id": row["custom_id"], "batch_result": {"response": {_kind(endpoint): body}}}
     if row["status_code"] is not None:
         error = body.get("error") if isinstance(body, dict) else None
@@ -109,8 +126,11 @@ def xai_result(settings: Settings, batch: Row, row: Row) -> dict[str, Any]:
         code: Any = row["status_code"]
     else:
         message, code = row["error_message"] or "", row["error_code"]
-    return {"batch_request_id": row["custom_id"], "batch_result": {"error": {"code": code, "message": message}},
-            "error_message": message}
+    return {
+        "batch_request_id": row["custom_id"],
+        "batch_result": {"error": {"code": code, "message": message}},
+        "error_message": message,
+    }
 
 
 # ------------------------------------------------------------------ pagination tokens
@@ -142,28 +162,51 @@ async def create_batch(request: Request) -> JSON:
     data = await json_object(request)
     name = data.get("name")
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
-        raise InvalidRequest(f"'name' must be a string of 1 to {MAX_NAME} characters", param="name",
-                             code="missing_required_parameter" if name is None else "invalid_parameter")
+        raise InvalidRequest(
+            f"'name' must be a string of 1 to {MAX_NAME} characters",
+            param="name",
+            code="missing_required_parameter" if name is None else "invalid_parameter",
+        )
     now = int(time.time())
     row: dict[str, Any] = {
-        "id": ids.batch_id(), "team_id": principal.team_id, "dialect": "xai", "name": name, "model": None,
+        "id": ids.batch_id(),
+        "team_id": principal.team_id,
+        "dialect": "xai",
+        "name": name,
+        "model": None,
         "create_api_key_id": principal.key_id,
         "allowed_models": orjson.dumps(list(principal.models)).decode() if principal.models is not None else None,
-        "completion_window": f"{OPEN_BATCH_WINDOW_S // 3600}h", "created_at": now,
-        "expires_at": now + OPEN_BATCH_WINDOW_S, "total": 0, "completed": 0, "failed": 0, "input_tokens": 0,
-        "cached_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0,
+        "completion_window": f"{OPEN_BATCH_WINDOW_S // 3600}h",
+        "created_at": now,
+        "expires_at": now + OPEN_BATCH_WINDOW_S,
+        "total": 0,
+        "completed": 0,
+        "failed": 0,
+        "input_tokens": 0,
+        "cached_tokens": 0,
+        "output_tokens": 0,
+        "reasoning_tokens": 0,
     }
     file_id = data.get("input_file_id")
     if file_id is None:  # an open batch: requests arrive through add-calls and start at once
         quota = await admission(gateway, principal, 0, opening=True)  # refuses a team or key over budget
-        row.update(status=BatchStatus.IN_PROGRESS, in_progress_at=now, sealed=False, input_file_id=None,
-                   endpoint="/v1/chat/completions")
+        row.update(
+            status=BatchStatus.IN_PROGRESS,
+            in_progress_at=now,
+            sealed=False,
+            input_file_id=None,
+            endpoint="/v1/chat/completions",
+        )
     else:  # a sealed batch from an OpenAI-format JSONL file
         if not isinstance(file_id, str):
             raise InvalidRequest("'input_file_id' must be a string", param="input_file_id", code="invalid_parameter")
         _, quota = await batch_input_file(gateway, principal, file_id)
-        row.update(status=BatchStatus.VALIDATING, sealed=True, input_file_id=file_id,
-                   endpoint=await _first_endpoint(gateway, file_id))
+        row.update(
+            status=BatchStatus.VALIDATING,
+            sealed=True,
+            input_file_id=file_id,
+            endpoint=await _first_endpoint(gateway, file_id),
+        )
     await insert_within_quota(gateway, row, quota)
     gateway.notify()
     stored = await gateway.store.get_batch(row["id"])
@@ -222,12 +265,18 @@ async def add_requests(request: Request) -> JSON:
     try:
         items, model = parse_add_requests(data, known_models=configured, max_items=limits.max_add_requests)
     except orjson.JSONEncodeError as exc:  # written back as an input line: orjson writes 254 levels at most
-        raise InvalidRequest(f"a request in 'batch_requests' nests JSON too deeply to be stored ({exc})",
-                             param="batch_requests", code="invalid_request") from None
+        raise InvalidRequest(
+            f"a request in 'batch_requests' nests JSON too deeply to be stored ({exc})",
+            param="batch_requests",
+            code="invalid_request",
+        ) from None
     for index, item in enumerate(items):
         if "\x00" in item.request_id:
-            raise InvalidRequest(f"batch_requests[{index}]: batch_request_id must not contain NUL characters",
-                                 param=f"batch_requests[{index}].batch_request_id", code="invalid_request")
+            raise InvalidRequest(
+                f"batch_requests[{index}]: batch_request_id must not contain NUL characters",
+                param=f"batch_requests[{index}].batch_request_id",
+                code="invalid_request",
+            )
     quota = await admission(gateway, principal, len(items))
     segment = "seg_" + ids.new_ulid()
     writer = await gateway.blobs.writer(segment)
@@ -235,9 +284,19 @@ async def add_requests(request: Request) -> JSON:
     try:
         for item in items:
             await writer.write(item.line + b"\n")
-            rows.append({"custom_id": item.request_id, "offset": offset, "length": len(item.line),
-                         "state": RequestState.PENDING, "attempts": 0, "next_attempt_at": 0.0, "blob_key": segment,
-                         "endpoint": item.endpoint, "created_at": now})
+            rows.append(
+                {
+                    "custom_id": item.request_id,
+                    "offset": offset,
+                    "length": len(item.line),
+                    "state": RequestState.PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": 0.0,
+                    "blob_key": segment,
+                    "endpoint": item.endpoint,
+                    "created_at": now,
+                }
+            )
             offset += len(item.line) + 1
         await writer.commit()
     except BaseException:
@@ -248,9 +307,11 @@ async def add_requests(request: Request) -> JSON:
     except DuplicateRequestIds as exc:
         await gateway.blobs.delete(segment)
         index = min(i for i, item in enumerate(items) if item.request_id in set(exc.ids))
-        raise InvalidRequest(f"batch_requests[{index}]: batch_request_id {items[index].request_id!r} is already "
-                             f"in batch {batch['id']}", param=f"batch_requests[{index}].batch_request_id",
-                             code="duplicate_batch_request_id") from exc
+        raise InvalidRequest(
+            f"batch_requests[{index}]: batch_request_id {items[index].request_id!r} is already in batch {batch['id']}",
+            param=f"batch_requests[{index}].batch_request_id",
+            code="duplicate_batch_request_id",
+        ) from exc
     except (BatchClosed, MismatchedModel, BatchFull) as exc:
         await gateway.blobs.delete(segment)
         raise _add_error(batch, exc) from exc
@@ -267,16 +328,28 @@ async def add_requests(request: Request) -> JSON:
 def _add_error(batch: Row, exc: Exception) -> APIError:
     if isinstance(exc, BatchClosed):
         if exc.sealed:
-            return InvalidRequest(f"batch {batch['id']} was created from a file and takes no more requests",
-                                  param="batch_id", code="batch_sealed")
-        return Conflict(f"batch {batch['id']} is {exc.status}; requests can no longer be added", param="batch_id",
-                        code="batch_not_open")
+            return InvalidRequest(
+                f"batch {batch['id']} was created from a file and takes no more requests",
+                param="batch_id",
+                code="batch_sealed",
+            )
+        return Conflict(
+            f"batch {batch['id']} is {exc.status}; requests can no longer be added",
+            param="batch_id",
+            code="batch_not_open",
+        )
     if isinstance(exc, MismatchedModel):
-        return InvalidRequest(f"batch {batch['id']} runs model {exc.model!r}; one model per batch",
-                              param="batch_requests", code="mismatched_model")
+        return InvalidRequest(
+            f"batch {batch['id']} runs model {exc.model!r}; one model per batch",
+            param="batch_requests",
+            code="mismatched_model",
+        )
     if isinstance(exc, BatchFull):
-        return InvalidRequest(f"batch {batch['id']} would exceed its limit of requests ({exc.total} already)",
-                              param="batch_requests", code="too_many_requests")
+        return InvalidRequest(
+            f"batch {batch['id']} would exceed its limit of requests ({exc.total} already)",
+            param="batch_requests",
+            code="too_many_requests",
+        )
     raise exc
 
 
@@ -288,15 +361,22 @@ async def list_requests(request: Request) -> JSON:
     after = decode_token(request, int, MAX_LINE) or 0
     rows = await gateway.store.request_page(batch["id"], after, limit + 1)
     page = rows[:limit]
-    return JSON({
-        "batch_request_metadata": [{
-            "batch_request_id": r["custom_id"], "endpoint": _kind(r["endpoint"] or batch["endpoint"]),
-            "model": batch["model"], "state": _request_state(r),
-            "create_time": rfc3339(r["created_at"] if r["created_at"] is not None else batch["created_at"]),
-            "finish_time": rfc3339(r["finished_at"]),
-        } for r in page],
-        "pagination_token": encode_token(page[-1]["line_no"]) if len(rows) > limit else None,
-    })
+    return JSON(
+        {
+            "batch_request_metadata": [
+                {
+                    "batch_request_id": r["custom_id"],
+                    "endpoint": _kind(r["endpoint"] or batch["endpoint"]),
+                    "model": batch["model"],
+                    "state": _request_state(r),
+                    "create_time": rfc3339(r["created_at"] if r["created_at"] is not None else batch["created_at"]),
+                    "finish_time": rfc3339(r["finished_at"]),
+                }
+                for r in page
+            ],
+            "pagination_token": encode_token(page[-1]["line_no"]) if len(rows) > limit else None,
+        }
+    )
 
 
 async def list_results(request: Request) -> StreamingResponse:
@@ -314,7 +394,8 @@ async def list_results(request: Request) -> StreamingResponse:
     fresh = await gateway.store.get_batch(batch["id"])
     assert fresh is not None
     unfinished = fresh["status"] == BatchStatus.VALIDATING or (
-        fresh["status"] not in TERMINAL and fresh["total"] > fresh["completed"] + fresh["failed"])
+        fresh["status"] not in TERMINAL and fresh["total"] > fresh["completed"] + fresh["failed"]
+    )
     rows = gateway.store.iter_results_by_seq(batch["id"], after_seq=after, limit=limit)
     first = await anext(rows, None)  # a database failure answers 503 before the first byte is sent
 

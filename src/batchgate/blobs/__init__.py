@@ -214,9 +214,7 @@ class VerifyingBlobStore:
             raise BlobMismatch(f"blob {key} does not match the sha256 recorded for it (its content changed)")
 
 
-async def iter_lines(
-    store: BlobStore, key: str, max_line: int
-) -> AsyncIterator[tuple[int, int, bytes | None]]:
+async def iter_lines(store: BlobStore, key: str, max_line: int) -> AsyncIterator[tuple[int, int, bytes | None]]:
     """Yield (byte offset, byte length, line) for each line of a blob, streaming.
 
     The newline is not part of the line. A line longer than `max_line` is yielded as None (its

@@ -70,8 +70,7 @@ class S3BlobStore:
         settings = settings or S3Settings()
         # obstore reads the AWS environment itself; the config's values override it.
         client_options = {} if settings.allow_http is None else {"allow_http": settings.allow_http}
-        self._store = S3Store.from_url(url, config=settings.overrides() or None,
-                                       client_options=client_options or None)
+        self._store = S3Store.from_url(url, config=settings.overrides() or None, client_options=client_options or None)
 
     async def writer(self, key: str) -> S3Writer:
         return S3Writer(self._store, key)
@@ -82,8 +81,9 @@ class S3BlobStore:
     async def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         if not ranges:
             return []
-        parts = await obstore.get_ranges_async(self._store, key, starts=[o for o, _ in ranges],
-                                               lengths=[n for _, n in ranges])
+        parts = await obstore.get_ranges_async(
+            self._store, key, starts=[o for o, _ in ranges], lengths=[n for _, n in ranges]
+        )
         return [bytes(part) for part in parts]
 
     async def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:

@@ -14,8 +14,15 @@ def _admin(base_url: str, api_key: str | None) -> Client:
     return Client(root + "/admin", api_key)
 
 
-def create_key(base_url: str, api_key: str | None, team: str, name: str | None, models: list[str] | None,
-               rpm: int | None, budget_usd: float | None) -> None:
+def create_key(
+    base_url: str,
+    api_key: str | None,
+    team: str,
+    name: str | None,
+    models: list[str] | None,
+    rpm: int | None,
+    budget_usd: float | None,
+) -> None:
     body = {"team": team, "name": name, "models": models, "rpm": rpm, "budget_usd": budget_usd}
     key = _admin(base_url, api_key).call("POST", "/keys", json={k: v for k, v in body.items() if v is not None})
     typer.echo(key["key"])
@@ -25,8 +32,15 @@ def create_key(base_url: str, api_key: str | None, team: str, name: str | None, 
 def list_keys(base_url: str, api_key: str | None) -> None:
     table = Table("id", "prefix", "team", "name", "models", "rpm", "revoked_at")
     for key in _admin(base_url, api_key).call("GET", "/keys")["data"]:
-        table.add_row(key["id"], key["prefix"], key["team"], str(key["name"] or ""),
-                      ",".join(key["models"] or []) or "all", str(key["rpm"] or ""), str(key["revoked_at"] or ""))
+        table.add_row(
+            key["id"],
+            key["prefix"],
+            key["team"],
+            str(key["name"] or ""),
+            ",".join(key["models"] or []) or "all",
+            str(key["rpm"] or ""),
+            str(key["revoked_at"] or ""),
+        )
     Console().print(table)
 
 
@@ -35,8 +49,14 @@ def revoke_key(base_url: str, api_key: str | None, key_id: str) -> None:
     typer.echo(f"{key_id} revoked")
 
 
-def create_team(base_url: str, api_key: str | None, name: str, weight: float | None, budget_usd: float | None,
-                max_queued_requests: int | None) -> None:
+def create_team(
+    base_url: str,
+    api_key: str | None,
+    name: str,
+    weight: float | None,
+    budget_usd: float | None,
+    max_queued_requests: int | None,
+) -> None:
     body = {"name": name, "weight": weight, "budget_usd": budget_usd, "max_queued_requests": max_queued_requests}
     team = _admin(base_url, api_key).call("POST", "/teams", json={k: v for k, v in body.items() if v is not None})
     typer.echo(team["id"])
@@ -45,8 +65,13 @@ def create_team(base_url: str, api_key: str | None, name: str, weight: float | N
 def list_teams(base_url: str, api_key: str | None) -> None:
     table = Table("id", "name", "weight", "budget_usd", "max_queued_requests")
     for team in _admin(base_url, api_key).call("GET", "/teams")["data"]:
-        table.add_row(team["id"], team["name"], str(team["weight"]), str(team["budget_usd"] or ""),
-                      str(team["max_queued_requests"] or ""))
+        table.add_row(
+            team["id"],
+            team["name"],
+            str(team["weight"]),
+            str(team["budget_usd"] or ""),
+            str(team["max_queued_requests"] or ""),
+        )
     Console().print(table)
 
 
@@ -54,7 +79,15 @@ def usage(base_url: str, api_key: str | None, team: str | None, key: str | None,
     params = {k: v for k, v in {"team": team, "key": key, "since": since}.items() if v is not None}
     table = Table("team", "key", "model", "batches", "completed", "failed", "input tokens", "output tokens", "USD")
     for row in _admin(base_url, api_key).call("GET", "/usage", params=params)["data"]:
-        table.add_row(str(row["team"] or "(admin)"), str(row["key_id"] or ""), str(row["model"] or ""),
-                      str(row["batches"]), str(row["requests"]["completed"]), str(row["requests"]["failed"]),
-                      str(row["input_tokens"]), str(row["output_tokens"]), f"{row['cost_usd']:.6f}")
+        table.add_row(
+            str(row["team"] or "(admin)"),
+            str(row["key_id"] or ""),
+            str(row["model"] or ""),
+            str(row["batches"]),
+            str(row["requests"]["completed"]),
+            str(row["requests"]["failed"]),
+            str(row["input_tokens"]),
+            str(row["output_tokens"]),
+            f"{row['cost_usd']:.6f}",
+        )
     Console().print(table)

@@ -51,13 +51,21 @@ def _die(message: str) -> typer.Exit:
     raise typer.Exit(1)
 
 
-def submit(base_url: str, api_key: str | None, input_file: Path, endpoint: str, window: str, wait: bool,
-           output_dir: Path | None) -> int:
+def submit(
+    base_url: str,
+    api_key: str | None,
+    input_file: Path,
+    endpoint: str,
+    window: str,
+    wait: bool,
+    output_dir: Path | None,
+) -> int:
     client = Client(base_url, api_key)
     with open(input_file, "rb") as fh:
         uploaded = client.call("POST", "/files", files={"file": (input_file.name, fh)}, data={"purpose": "batch"})
-    batch = client.call("POST", "/batches", json={"input_file_id": uploaded["id"], "endpoint": endpoint,
-                                                  "completion_window": window})
+    batch = client.call(
+        "POST", "/batches", json={"input_file_id": uploaded["id"], "endpoint": endpoint, "completion_window": window}
+    )
     typer.echo(batch["id"])
     if not wait:
         return 0
@@ -74,8 +82,13 @@ def _wait(client: Client, batch_id: str) -> dict:
         while True:
             batch = client.call("GET", f"/batches/{batch_id}")
             counts = batch["request_counts"]
-            progress.update(task, description=batch["status"], total=counts["total"] or None,
-                            completed=counts["completed"] + counts["failed"], failed=counts["failed"])
+            progress.update(
+                task,
+                description=batch["status"],
+                total=counts["total"] or None,
+                completed=counts["completed"] + counts["failed"],
+                failed=counts["failed"],
+            )
             if batch["status"] in TERMINAL:
                 return batch
             time.sleep(1.0)
@@ -83,8 +96,10 @@ def _wait(client: Client, batch_id: str) -> dict:
 
 def _summary(batch: dict) -> None:
     counts = batch["request_counts"]
-    console.print(f"{batch['id']}: {batch['status']} — {counts['completed']}/{counts['total']} succeeded, "
-                  f"{counts['failed']} failed")
+    console.print(
+        f"{batch['id']}: {batch['status']} — {counts['completed']}/{counts['total']} succeeded, "
+        f"{counts['failed']} failed"
+    )
     for error in ((batch.get("errors") or {}).get("data") or [])[:20]:
         console.print(f"[red]line {error.get('line')}: {error.get('code')}: {error.get('message')}")
 
@@ -92,8 +107,18 @@ def _summary(batch: dict) -> None:
 def show_status(base_url: str, api_key: str | None, batch_id: str) -> None:
     batch = Client(base_url, api_key).call("GET", f"/batches/{batch_id}")
     table = Table(show_header=False)
-    for key in ("id", "status", "endpoint", "model", "input_file_id", "output_file_id", "error_file_id",
-                "created_at", "expires_at", "completed_at"):
+    for key in (
+        "id",
+        "status",
+        "endpoint",
+        "model",
+        "input_file_id",
+        "output_file_id",
+        "error_file_id",
+        "created_at",
+        "expires_at",
+        "completed_at",
+    ):
         table.add_row(key, str(batch.get(key)))
     counts, usage = batch["request_counts"], batch.get("usage") or {}
     table.add_row("requests", f"{counts['completed']} completed, {counts['failed']} failed, {counts['total']} total")
@@ -108,8 +133,15 @@ def list_batches(base_url: str, api_key: str | None, limit: int) -> None:
     table.columns.insert(0, Column("id", no_wrap=True))
     for batch in page["data"]:
         counts = batch["request_counts"]
-        table.add_row(batch["id"], batch["status"], str(batch.get("model")), str(counts["completed"]),
-                      str(counts["failed"]), str(counts["total"]), str(batch["created_at"]))
+        table.add_row(
+            batch["id"],
+            batch["status"],
+            str(batch.get("model")),
+            str(counts["completed"]),
+            str(counts["failed"]),
+            str(counts["total"]),
+            str(batch["created_at"]),
+        )
     Console().print(table)
 
 

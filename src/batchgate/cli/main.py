@@ -13,15 +13,22 @@ import typer
 
 from batchgate.config import ConfigError, Settings, check_bind_is_safe, load_settings
 
-app = typer.Typer(help="batchgate: a self-hosted LLM batch gateway that executes batches itself.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="batchgate: a self-hosted LLM batch gateway that executes batches itself.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="batchgate.yaml (default: "
-                                                   "$BATCHGATE_CONFIG or ./batchgate.yaml)")]
-BaseUrlOption = Annotated[str, typer.Option("--base-url", envvar="BATCHGATE_BASE_URL",
-                                            help="the server's OpenAI base URL")]
-ApiKeyOption = Annotated[str | None, typer.Option("--api-key", envvar="BATCHGATE_API_KEY",
-                                                  help="API key (default: $BATCHGATE_API_KEY)")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="batchgate.yaml (default: $BATCHGATE_CONFIG or ./batchgate.yaml)")
+]
+BaseUrlOption = Annotated[
+    str, typer.Option("--base-url", envvar="BATCHGATE_BASE_URL", help="the server's OpenAI base URL")
+]
+ApiKeyOption = Annotated[
+    str | None, typer.Option("--api-key", envvar="BATCHGATE_API_KEY", help="API key (default: $BATCHGATE_API_KEY)")
+]
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 
 
@@ -37,8 +44,14 @@ def _fail(message: str) -> typer.Exit:
     raise typer.Exit(2)
 
 
-LogFormatOption = Annotated[str, typer.Option("--log-format", envvar="BATCHGATE_LOG_FORMAT",
-                                              help="text, or json: one object a line with batch and request ids")]
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="BATCHGATE_LOG_FORMAT",
+        help="text, or json: one object a line with batch and request ids",
+    ),
+]
 
 
 def _logging(log_format: str) -> None:
@@ -71,12 +84,13 @@ def _drained_server_class() -> type:
 
 
 @app.command()
-def serve(config: ConfigOption = None,
-          host: Annotated[str | None, typer.Option(help="bind address (default from config: 127.0.0.1)")] = None,
-          port: Annotated[int | None, typer.Option(help="port (default from config: 8080)")] = None,
-          no_engine: Annotated[bool, typer.Option("--no-engine", help="API only; workers run batches")] = False,
-          log_format: LogFormatOption = "text",
-          ) -> None:
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default from config: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default from config: 8080)")] = None,
+    no_engine: Annotated[bool, typer.Option("--no-engine", help="API only; workers run batches")] = False,
+    log_format: LogFormatOption = "text",
+) -> None:
     """Run the API server with its batch engine."""
     import uvicorn
 
@@ -98,11 +112,17 @@ def serve(config: ConfigOption = None,
         server.should_exit = True
 
     asgi = create_app(settings, run_engine=not no_engine, on_engine_failure=stop_server)
-    config = uvicorn.Config(asgi, host=bind_host,
-                            port=port or settings.server.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=10, http=limited_protocol(settings.limits),
-                            **proxy_options(settings),
-                            log_config=None)  # uvicorn's own records go through our handler (and format)
+    config = uvicorn.Config(
+        asgi,
+        host=bind_host,
+        port=port or settings.server.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        http=limited_protocol(settings.limits),
+        **proxy_options(settings),
+        log_config=None,
+    )  # uvicorn's own records go through our handler (and format)
     server = _drained_server_class()(config)
     server.run()
     if failures:
@@ -120,11 +140,12 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
 
 
 @app.command()
-def worker(config: ConfigOption = None,
-           metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus /metrics on this port")] = None,
-           metrics_host: Annotated[str, typer.Option(help="bind address of --metrics-port")] = "127.0.0.1",
-           log_format: LogFormatOption = "text",
-           ) -> None:
+def worker(
+    config: ConfigOption = None,
+    metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus /metrics on this port")] = None,
+    metrics_host: Annotated[str, typer.Option(help="bind address of --metrics-port")] = "127.0.0.1",
+    log_format: LogFormatOption = "text",
+) -> None:
     """Run the batch engine without the API (scale-out: several workers share one database)."""
     from batchgate.gateway import open_gateway
 
@@ -179,12 +200,15 @@ def migrate(config: ConfigOption = None) -> None:
 
 
 @app.command()
-def run(input_file: Annotated[Path, typer.Argument(help="the batch input, OpenAI JSONL")],
-        output: Annotated[Path, typer.Option("--output", "-o", help="where successful results go")],
-        errors: Annotated[Path | None, typer.Option("--errors", help="where failed requests go "
-                                                    "(default: OUTPUT with .errors.jsonl)")] = None,
-        model: Annotated[str | None, typer.Option("--model", help="run every line on this model instead")] = None,
-        config: ConfigOption = None) -> None:
+def run(
+    input_file: Annotated[Path, typer.Argument(help="the batch input, OpenAI JSONL")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where successful results go")],
+    errors: Annotated[
+        Path | None, typer.Option("--errors", help="where failed requests go (default: OUTPUT with .errors.jsonl)")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="run every line on this model instead")] = None,
+    config: ConfigOption = None,
+) -> None:
     """Run one batch file in-process, no server needed; re-running resumes where it stopped."""
     from batchgate.cli.offline import run_offline
 
@@ -200,13 +224,15 @@ def run(input_file: Annotated[Path, typer.Argument(help="the batch input, OpenAI
 
 
 @app.command()
-def submit(input_file: Annotated[Path, typer.Argument(help="the batch input, OpenAI JSONL")],
-           endpoint: Annotated[str, typer.Option(help="the endpoint every line calls")] = "/v1/chat/completions",
-           completion_window: Annotated[str, typer.Option(help="24h, or any <n>s|m|h|d")] = "24h",
-           wait: Annotated[bool, typer.Option("--wait", help="follow progress until the batch ends")] = False,
-           output_dir: Annotated[Path | None, typer.Option("--download", "-d",
-                                                           help="with --wait: save results here")] = None,
-           base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+def submit(
+    input_file: Annotated[Path, typer.Argument(help="the batch input, OpenAI JSONL")],
+    endpoint: Annotated[str, typer.Option(help="the endpoint every line calls")] = "/v1/chat/completions",
+    completion_window: Annotated[str, typer.Option(help="24h, or any <n>s|m|h|d")] = "24h",
+    wait: Annotated[bool, typer.Option("--wait", help="follow progress until the batch ends")] = False,
+    output_dir: Annotated[Path | None, typer.Option("--download", "-d", help="with --wait: save results here")] = None,
+    base_url: BaseUrlOption = DEFAULT_BASE_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
     """Upload a file to a running server and start a batch on it."""
     from batchgate.cli import client
 
@@ -222,8 +248,11 @@ def status(batch_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: A
 
 
 @app.command("list")
-def list_(limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
-          base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+def list_(
+    limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
+    base_url: BaseUrlOption = DEFAULT_BASE_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
     """List batches, newest first."""
     from batchgate.cli import client
 
@@ -239,13 +268,16 @@ def cancel(batch_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: A
 
 
 @app.command()
-def download(batch_id: str, output_dir: Annotated[Path, typer.Option("--output", "-o", help="directory")],
-             base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+def download(
+    batch_id: str,
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="directory")],
+    base_url: BaseUrlOption = DEFAULT_BASE_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
     """Save a finished batch's output and error files into a directory."""
     from batchgate.cli import client
 
     client.download(base_url, api_key, batch_id, output_dir)
-
 
 
 keys_app = typer.Typer(help="Manage API keys (admin key needed).", no_args_is_help=True)
@@ -255,12 +287,15 @@ app.add_typer(teams_app, name="teams")
 
 
 @keys_app.command("create")
-def keys_create(team: Annotated[str, typer.Option(help="the team (name or id) the key belongs to")],
-                name: Annotated[str | None, typer.Option(help="a label for the key")] = None,
-                models: Annotated[str | None, typer.Option(help="comma-separated models it may use")] = None,
-                rpm: Annotated[int | None, typer.Option(help="API requests per minute")] = None,
-                budget_usd: Annotated[float | None, typer.Option(help="spend limit in USD")] = None,
-                base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+def keys_create(
+    team: Annotated[str, typer.Option(help="the team (name or id) the key belongs to")],
+    name: Annotated[str | None, typer.Option(help="a label for the key")] = None,
+    models: Annotated[str | None, typer.Option(help="comma-separated models it may use")] = None,
+    rpm: Annotated[int | None, typer.Option(help="API requests per minute")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="spend limit in USD")] = None,
+    base_url: BaseUrlOption = DEFAULT_BASE_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
     """Create a key; the full key is printed once, on stdout."""
     from batchgate.cli import admin as admin_client
 
@@ -285,10 +320,14 @@ def keys_revoke(key_id: str, base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key
 
 
 @teams_app.command("create")
-def teams_create(name: str, weight: Annotated[float | None, typer.Option(help="fair-share weight")] = None,
-                 budget_usd: Annotated[float | None, typer.Option(help="spend limit in USD")] = None,
-                 max_queued_requests: Annotated[int | None, typer.Option(help="queued requests cap")] = None,
-                 base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+def teams_create(
+    name: str,
+    weight: Annotated[float | None, typer.Option(help="fair-share weight")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="spend limit in USD")] = None,
+    max_queued_requests: Annotated[int | None, typer.Option(help="queued requests cap")] = None,
+    base_url: BaseUrlOption = DEFAULT_BASE_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
     """Create a team."""
     from batchgate.cli import admin as admin_client
 
@@ -304,14 +343,18 @@ def teams_list(base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption
 
 
 @app.command()
-def usage(team: Annotated[str | None, typer.Option(help="one team (name or id)")] = None,
-          key: Annotated[str | None, typer.Option(help="one key id")] = None,
-          since: Annotated[int | None, typer.Option(help="batches created since (Unix seconds)")] = None,
-          base_url: BaseUrlOption = DEFAULT_BASE_URL, api_key: ApiKeyOption = None) -> None:
+def usage(
+    team: Annotated[str | None, typer.Option(help="one team (name or id)")] = None,
+    key: Annotated[str | None, typer.Option(help="one key id")] = None,
+    since: Annotated[int | None, typer.Option(help="batches created since (Unix seconds)")] = None,
+    base_url: BaseUrlOption = DEFAULT_BASE_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
     """Requests, tokens and cost per team, key and model (admin key needed)."""
     from batchgate.cli import admin as admin_client
 
     admin_client.usage(base_url, api_key, team, key, since)
+
 
 def main() -> None:
     try:

@@ -86,8 +86,17 @@ def _read_state(state: Path) -> dict | None:
         return None
 
 
-async def _run(settings: Settings, input_path: Path, output: Path, errors: Path, model: str | None, state: Path,
-               fingerprint: dict, previous: dict | None, console: Console) -> int:
+async def _run(
+    settings: Settings,
+    input_path: Path,
+    output: Path,
+    errors: Path,
+    model: str | None,
+    state: Path,
+    fingerprint: dict,
+    previous: dict | None,
+    console: Console,
+) -> int:
     done = asyncio.Event()
     async with open_gateway(settings, on_batch_done=lambda _id: done.set()) as gateway:
         # The id is recorded before the batch exists, so a crash in between never leaves a second,
@@ -111,10 +120,19 @@ async def _start(gateway: Gateway, input_path: Path, model: str | None, batch_id
             await writer.write(chunk)
     sha = await writer.commit()
     now = int(time.time())
-    await gateway.store.insert_file({
-        "id": file_id, "team_id": None, "filename": input_path.name, "purpose": "batch", "bytes": writer.size,
-        "sha256": sha, "created_at": now, "expires_at": None, "provider_name": None,
-    })
+    await gateway.store.insert_file(
+        {
+            "id": file_id,
+            "team_id": None,
+            "filename": input_path.name,
+            "purpose": "batch",
+            "bytes": writer.size,
+            "sha256": sha,
+            "created_at": now,
+            "expires_at": None,
+            "provider_name": None,
+        }
+    )
     params = BatchParams(file_id, _endpoint_of(input_path), OFFLINE_WINDOW, 366 * 86400, None, None)
     row = new_batch_row(params, team_id=None, now=now, model_override=model)
     row["id"] = batch_id
@@ -129,8 +147,13 @@ async def _follow(gateway: Gateway, batch_id: str, done: asyncio.Event, console:
             batch = await gateway.store.get_batch(batch_id)
             assert batch is not None
             finished = batch["completed"] + batch["failed"]
-            progress.update(task, description=batch["status"], total=batch["total"] or None, completed=finished,
-                            failed=batch["failed"])
+            progress.update(
+                task,
+                description=batch["status"],
+                total=batch["total"] or None,
+                completed=finished,
+                failed=batch["failed"],
+            )
             if batch["status"] in TERMINAL:
                 return batch
             await wait_for_event(done, 0.25)

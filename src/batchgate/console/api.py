@@ -35,15 +35,23 @@ STATUSES = tuple(BatchStatus)
 REQUEST_STATES = tuple(RequestState)
 # The names the page shows and filters by, from the one place they are spelled (domain/status.py).
 SESSION_STATUSES = {
-    "batch": list(BatchStatus), "terminal": list(TERMINAL), "cancellable": list(CANCELLABLE),
+    "batch": list(BatchStatus),
+    "terminal": list(TERMINAL),
+    "cancellable": list(CANCELLABLE),
     "request": [[RequestState.PENDING, "Pending"], [RequestState.RUNNING, "Running"], [RequestState.DONE, "Finished"]],
     "request_finished": [RequestOutcome.SUCCEEDED, RequestOutcome.FAILED],
 }
 # (timestamp column, status it marks), in the order a batch moves through them
-TIMELINE = (("created_at", BatchStatus.VALIDATING), ("in_progress_at", BatchStatus.IN_PROGRESS),
-            ("cancelling_at", BatchStatus.CANCELLING), ("finalizing_at", BatchStatus.FINALIZING),
-            ("completed_at", BatchStatus.COMPLETED), ("failed_at", BatchStatus.FAILED),
-            ("expired_at", BatchStatus.EXPIRED), ("cancelled_at", BatchStatus.CANCELLED))
+TIMELINE = (
+    ("created_at", BatchStatus.VALIDATING),
+    ("in_progress_at", BatchStatus.IN_PROGRESS),
+    ("cancelling_at", BatchStatus.CANCELLING),
+    ("finalizing_at", BatchStatus.FINALIZING),
+    ("completed_at", BatchStatus.COMPLETED),
+    ("failed_at", BatchStatus.FAILED),
+    ("expired_at", BatchStatus.EXPIRED),
+    ("cancelled_at", BatchStatus.CANCELLED),
+)
 
 
 def polled(request: Request, payload: dict[str, Any]) -> Response:
@@ -58,15 +66,18 @@ def polled(request: Request, payload: dict[str, Any]) -> Response:
 
 def page_of(request: Request, data: list[dict[str, Any]], has_more: bool, cursor: str) -> Response:
     """A polled list page; `cursor` names the field whose last value the next page starts after."""
-    return polled(request, {"object": "list", "data": data, "has_more": has_more,
-                            f"last_{cursor}": data[-1][cursor] if data else None})
+    return polled(
+        request,
+        {"object": "list", "data": data, "has_more": has_more, f"last_{cursor}": data[-1][cursor] if data else None},
+    )
 
 
 def optional_choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
     value = request.query_params.get(name) or None
     if value is not None and value not in choices:
-        raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}, got {value!r}", param=name,
-                             code="invalid_parameter")
+        raise InvalidRequest(
+            f"'{name}' must be one of {', '.join(choices)}, got {value!r}", param=name, code="invalid_parameter"
+        )
     return value
 
 
@@ -75,21 +86,37 @@ def progress(row: Row, now: float) -> dict[str, Any]:
     total, done = row["total"], row["completed"] + row["failed"]
     pending = max(0, total - done)
     started = row["in_progress_at"]
-    ended = next((row[c] for c in ("finalizing_at", "completed_at", "failed_at", "expired_at", "cancelled_at")
-                  if row[c] is not None), None)
+    ended = next(
+        (
+            row[c]
+            for c in ("finalizing_at", "completed_at", "failed_at", "expired_at", "cancelled_at")
+            if row[c] is not None
+        ),
+        None,
+    )
     elapsed = ((ended or now) - started) if started else 0
     rate = done / max(elapsed, 1) if done and started else None  # timestamps are whole seconds
     running = row["status"] == BatchStatus.IN_PROGRESS
-    return {"counts": {"total": total, "completed": row["completed"], "failed": row["failed"], "pending": pending},
-            "rate_per_s": round(rate, 3) if rate else None,
-            "eta_s": round(pending / rate) if rate and running and pending else None}
+    return {
+        "counts": {"total": total, "completed": row["completed"], "failed": row["failed"], "pending": pending},
+        "rate_per_s": round(rate, 3) if rate else None,
+        "eta_s": round(pending / rate) if rate and running and pending else None,
+    }
 
 
 def batch_summary(row: Row, now: float, team_names: dict[str, str]) -> dict[str, Any]:
-    return {"id": row["id"], "status": row["status"], "dialect": row["dialect"], "endpoint": row["endpoint"],
-            "model": row["model"], "created_at": row["created_at"], "name": row["name"] or row["job_name"],
-            "team": team_names.get(row["team_id"]) if row["team_id"] else None,
-            "metadata": orjson.loads(row["metadata"]) if row["metadata"] else None, **progress(row, now)}
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "dialect": row["dialect"],
+        "endpoint": row["endpoint"],
+        "model": row["model"],
+        "created_at": row["created_at"],
+        "name": row["name"] or row["job_name"],
+        "team": team_names.get(row["team_id"]) if row["team_id"] else None,
+        "metadata": orjson.loads(row["metadata"]) if row["metadata"] else None,
+        **progress(row, now),
+    }
 
 
 async def team_names(gateway: Gateway, principal: Principal) -> dict[str, str]:
@@ -112,12 +139,18 @@ async def session(request: Request) -> JSON:
     principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     team = await gateway.store.team_by_id(principal.team_id) if principal.team_id else None
-    return JSON({"object": "session", "admin": principal.is_admin,
-                 "team": {"id": team["id"], "name": team["name"]} if team else None,
-                 "key_id": principal.key_id, "open_mode": gateway.settings.auth.admin_key is None,
-                 "engine": gateway.engine is not None,
-                 "models": principal.allowed_models([m.name for m in gateway.settings.models]),
-                 "statuses": SESSION_STATUSES})
+    return JSON(
+        {
+            "object": "session",
+            "admin": principal.is_admin,
+            "team": {"id": team["id"], "name": team["name"]} if team else None,
+            "key_id": principal.key_id,
+            "open_mode": gateway.settings.auth.admin_key is None,
+            "engine": gateway.engine is not None,
+            "models": principal.allowed_models([m.name for m in gateway.settings.models]),
+            "statuses": SESSION_STATUSES,
+        }
+    )
 
 
 async def list_batches(request: Request) -> Response:
@@ -137,8 +170,14 @@ async def list_batches(request: Request) -> Response:
         team_id = wanted
     metadata = params.get("metadata")
     rows = await queries.console_batch_page(
-        gateway.store, team_id=team_id, after=params.get("after") or None, limit=limit + 1, status=status,
-        model=params.get("model") or None, metadata_contains=metadata_needle(metadata) if metadata else None)
+        gateway.store,
+        team_id=team_id,
+        after=params.get("after") or None,
+        limit=limit + 1,
+        status=status,
+        model=params.get("model") or None,
+        metadata_contains=metadata_needle(metadata) if metadata else None,
+    )
     now = time.time()
     data = [batch_summary(r, now, names) for r in rows[:limit]]
     return page_of(request, data, len(rows) > limit, "id")
@@ -149,15 +188,22 @@ async def batch_detail(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     row = await visible_batch(request, principal)
     names = await team_names(gateway, principal)
-    timeline = sorted(({"status": status, "at": row[column]} for column, status in TIMELINE
-                       if row[column] is not None), key=lambda event: event["at"])
-    input_file = (await gateway.store.get_file(row["input_file_id"], int(time.time()))
-                  if row["input_file_id"] else None)
-    return polled(request, {
-        **batch_summary(row, time.time(), names), "batch": batch_object(row), "timeline": timeline,
-        "cost_usd": round(cost_usd(gateway.settings, row["model"], row["input_tokens"], row["output_tokens"]), 10),
-        "input_filename": input_file["filename"] if input_file else None,
-        "cancel_message": row["cancel_message"]})
+    timeline = sorted(
+        ({"status": status, "at": row[column]} for column, status in TIMELINE if row[column] is not None),
+        key=lambda event: event["at"],
+    )
+    input_file = await gateway.store.get_file(row["input_file_id"], int(time.time())) if row["input_file_id"] else None
+    return polled(
+        request,
+        {
+            **batch_summary(row, time.time(), names),
+            "batch": batch_object(row),
+            "timeline": timeline,
+            "cost_usd": round(cost_usd(gateway.settings, row["model"], row["input_tokens"], row["output_tokens"]), 10),
+            "input_filename": input_file["filename"] if input_file else None,
+            "cancel_message": row["cancel_message"],
+        },
+    )
 
 
 def request_state(row: Row) -> str:
@@ -176,11 +222,21 @@ async def batch_requests(request: Request) -> Response:
     limit = int_param(request, "limit", 50, 1, 500)
     after = int_param(request, "after", 0, 0, 2**31 - 1)
     state = optional_choice(request, "state", REQUEST_STATES)
-    rows = await queries.console_request_page(gateway.store, batch["id"], after_line=after, limit=limit + 1,
-                                              state=state)
-    data = [{"line": r["line_no"], "custom_id": r["custom_id"], "state": request_state(r), "attempts": r["attempts"],
-             "status_code": r["status_code"], "error_code": r["error_code"], "finished_at": r["finished_at"]}
-            for r in rows[:limit]]
+    rows = await queries.console_request_page(
+        gateway.store, batch["id"], after_line=after, limit=limit + 1, state=state
+    )
+    data = [
+        {
+            "line": r["line_no"],
+            "custom_id": r["custom_id"],
+            "state": request_state(r),
+            "attempts": r["attempts"],
+            "status_code": r["status_code"],
+            "error_code": r["error_code"],
+            "finished_at": r["finished_at"],
+        }
+        for r in rows[:limit]
+    ]
     return page_of(request, data, len(rows) > limit, "line")
 
 
@@ -196,10 +252,20 @@ async def batch_result(request: Request) -> JSON:
     row = await queries.console_result(gateway.store, batch["id"], line_no=line_no, custom_id=custom_id)
     if row is None:
         which = f"custom_id {custom_id!r}" if custom_id is not None else f"line {line_no}"
-        raise NotFound(f"no finished request with {which} in batch {batch['id']}",
-                       param="custom_id" if custom_id is not None else "line", code="result_not_found")
-    return JSON({"object": "batch.result", "line": row["line_no"], "custom_id": row["custom_id"],
-                 "file": "output" if row["ok"] else "error", "content": orjson.loads(result_line(batch["id"], row))})
+        raise NotFound(
+            f"no finished request with {which} in batch {batch['id']}",
+            param="custom_id" if custom_id is not None else "line",
+            code="result_not_found",
+        )
+    return JSON(
+        {
+            "object": "batch.result",
+            "line": row["line_no"],
+            "custom_id": row["custom_id"],
+            "file": "output" if row["ok"] else "error",
+            "content": orjson.loads(result_line(batch["id"], row)),
+        }
+    )
 
 
 async def deployments(request: Request) -> Response:
@@ -209,21 +275,34 @@ async def deployments(request: Request) -> Response:
     now = time.time()
     # Scale-out (a shared database): the other engines' published minutes join this process's own.
     shared = gateway.store.dialect != "sqlite"
-    others = await queries.activity_minutes(
-        gateway.store, int(now) // 60 - activity.MINUTES + 1,
-        exclude_owner=gateway.engine.owner if gateway.engine is not None else None) if shared else []
+    others = (
+        await queries.activity_minutes(
+            gateway.store,
+            int(now) // 60 - activity.MINUTES + 1,
+            exclude_owner=gateway.engine.owner if gateway.engine is not None else None,
+        )
+        if shared
+        else []
+    )
     data = []
     for model in gateway.settings.models:
         live = {d.name: d for d in pools[model.name].deployments} if model.name in pools else {}
         for config in model.deployments:
             deployment = live.get(config.name or "")
-            data.append({
-                "name": config.name, "model": model.name, "provider": config.provider,
-                "max_concurrency": config.max_concurrency, "rpm": config.rpm, "tpm": config.tpm,
-                "in_flight": deployment.in_flight if deployment else None,
-                "window": deployment.limits.concurrency if deployment else None,
-                "circuit": deployment.limits.circuit.state if deployment else None,
-                **activity.snapshot(config.name or "", now, others)})
+            data.append(
+                {
+                    "name": config.name,
+                    "model": model.name,
+                    "provider": config.provider,
+                    "max_concurrency": config.max_concurrency,
+                    "rpm": config.rpm,
+                    "tpm": config.tpm,
+                    "in_flight": deployment.in_flight if deployment else None,
+                    "window": deployment.limits.concurrency if deployment else None,
+                    "circuit": deployment.limits.circuit.state if deployment else None,
+                    **activity.snapshot(config.name or "", now, others),
+                }
+            )
     return polled(request, {"object": "list", "engine": gateway.engine is not None, "shared": shared, "data": data})
 
 

@@ -26,11 +26,16 @@ class AnyPath(PathConvertor):
 
 register_url_convertor("anypath", AnyPath())
 # Nothing but this origin: no CDN, no inline script, no framing by other sites.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
-       "frame-ancestors 'none'")
-HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-           (b"referrer-policy", b"no-referrer")]
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
 
 class SecurityHeaders:
@@ -59,9 +64,11 @@ async def index(_: Request) -> FileResponse:
 def routes() -> list[BaseRoute]:
     """Everything under `/ui/` (the router redirects a bare `/ui` there); /openapi.json describes
     the console's API and its page."""
-    console_app = Router(routes=[
-        Mount("/api", routes=console.routes()),
-        Mount("/static", app=StaticFiles(directory=STATIC)),
-        Route("/{path:anypath}", index, methods=["GET", "HEAD"]),
-    ])
+    console_app = Router(
+        routes=[
+            Mount("/api", routes=console.routes()),
+            Mount("/static", app=StaticFiles(directory=STATIC)),
+            Route("/{path:anypath}", index, methods=["GET", "HEAD"]),
+        ]
+    )
     return [Mount("/ui", app=SecurityHeaders(console_app))]

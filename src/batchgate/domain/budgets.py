@@ -7,8 +7,9 @@ from batchgate.domain.pricing import cost_usd
 from batchgate.store.queries import Store
 
 
-async def spend_usd(store: Store, settings: Settings, *, team_id: str | None = None,
-                    key_id: str | None = None) -> float:
+async def spend_usd(
+    store: Store, settings: Settings, *, team_id: str | None = None, key_id: str | None = None
+) -> float:
     rows = await store.usage(team_id=team_id, key_id=key_id, since=None)
     return sum(cost_usd(settings, r["model"], r["input_tokens"], r["output_tokens"]) for r in rows)
 

@@ -13,8 +13,14 @@ from batchgate.domain.errors import InvalidRequest
 from batchgate.domain.status import BatchStatus
 
 SERVED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations")
-UNSERVED_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/videos",
-                      "/v1/audio/speech", "/v1/audio/transcriptions")
+UNSERVED_ENDPOINTS = (
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+    "/v1/videos",
+    "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+)
 _WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 366 * 86400
@@ -40,8 +46,11 @@ def parse_endpoint(value: Any) -> str:
     if value is None:
         raise _bad("missing required parameter 'endpoint'", "endpoint", "missing_required_parameter")
     if value in UNSERVED_ENDPOINTS:
-        raise _bad(f"endpoint {value} is not served by batchgate; it runs {', '.join(SERVED_ENDPOINTS)}", "endpoint",
-                   "unsupported_endpoint")
+        raise _bad(
+            f"endpoint {value} is not served by batchgate; it runs {', '.join(SERVED_ENDPOINTS)}",
+            "endpoint",
+            "unsupported_endpoint",
+        )
     if value not in SERVED_ENDPOINTS:
         raise _bad(f"'endpoint' must be one of {', '.join(SERVED_ENDPOINTS)}, got {value!r}", "endpoint")
     return value
@@ -53,8 +62,10 @@ def window_seconds(value: Any) -> int:
     if value is None:
         raise _bad("missing required parameter 'completion_window'", "completion_window", "missing_required_parameter")
     if not match:
-        raise _bad(f"'completion_window' must look like '24h' (a number and one of s, m, h, d), got {value!r}",
-                   "completion_window")
+        raise _bad(
+            f"'completion_window' must look like '24h' (a number and one of s, m, h, d), got {value!r}",
+            "completion_window",
+        )
     seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
     if seconds > MAX_WINDOW_S:
         raise _bad("'completion_window' may be at most 366 days", "completion_window")
@@ -83,12 +94,17 @@ def parse_output_expiry(value: Any) -> int | None:
         return None
     param = "output_expires_after"
     if not isinstance(value, dict) or value.get("anchor") != "created_at":
-        raise _bad("'output_expires_after' must be {\"anchor\": \"created_at\", \"seconds\": N}", param)
+        raise _bad('\'output_expires_after\' must be {"anchor": "created_at", "seconds": N}', param)
     seconds = value.get("seconds")
-    if not isinstance(seconds, int) or isinstance(seconds, bool) or not (
-            MIN_OUTPUT_EXPIRY_S <= seconds <= MAX_OUTPUT_EXPIRY_S):
-        raise _bad(f"output_expires_after.seconds must be an integer between {MIN_OUTPUT_EXPIRY_S} and "
-                   f"{MAX_OUTPUT_EXPIRY_S}", param + ".seconds")
+    if (
+        not isinstance(seconds, int)
+        or isinstance(seconds, bool)
+        or not (MIN_OUTPUT_EXPIRY_S <= seconds <= MAX_OUTPUT_EXPIRY_S)
+    ):
+        raise _bad(
+            f"output_expires_after.seconds must be an integer between {MIN_OUTPUT_EXPIRY_S} and {MAX_OUTPUT_EXPIRY_S}",
+            param + ".seconds",
+        )
     return seconds
 
 
@@ -99,18 +115,37 @@ def parse_batch_params(data: dict[str, Any]) -> BatchParams:
     endpoint = parse_endpoint(data.get("endpoint"))
     window = data.get("completion_window")
     window_s = window_seconds(window)
-    return BatchParams(file_id, endpoint, window, window_s, parse_metadata(data.get("metadata")),
-                       parse_output_expiry(data.get("output_expires_after")))
+    return BatchParams(
+        file_id,
+        endpoint,
+        window,
+        window_s,
+        parse_metadata(data.get("metadata")),
+        parse_output_expiry(data.get("output_expires_after")),
+    )
 
 
-def new_batch_row(params: BatchParams, *, team_id: str | None, now: int,
-                  model_override: str | None = None) -> dict[str, Any]:
+def new_batch_row(
+    params: BatchParams, *, team_id: str | None, now: int, model_override: str | None = None
+) -> dict[str, Any]:
     return {
-        "id": ids.batch_id(), "team_id": team_id, "endpoint": params.endpoint, "model": model_override,
-        "model_override": model_override, "input_file_id": params.input_file_id,
-        "completion_window": params.completion_window, "status": BatchStatus.VALIDATING,
+        "id": ids.batch_id(),
+        "team_id": team_id,
+        "endpoint": params.endpoint,
+        "model": model_override,
+        "model_override": model_override,
+        "input_file_id": params.input_file_id,
+        "completion_window": params.completion_window,
+        "status": BatchStatus.VALIDATING,
         "metadata": orjson.dumps(params.metadata).decode() if params.metadata is not None else None,
-        "output_expires_after": params.output_expires_after, "created_at": now, "expires_at": now + params.window_s,
-        "total": 0, "completed": 0, "failed": 0, "input_tokens": 0, "cached_tokens": 0, "output_tokens": 0,
+        "output_expires_after": params.output_expires_after,
+        "created_at": now,
+        "expires_at": now + params.window_s,
+        "total": 0,
+        "completed": 0,
+        "failed": 0,
+        "input_tokens": 0,
+        "cached_tokens": 0,
+        "output_tokens": 0,
         "reasoning_tokens": 0,
     }

@@ -24,9 +24,17 @@ class BatchStatus(StrEnum):
 
 
 ACTIVE: tuple[BatchStatus, ...] = (
-    BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING)
+    BatchStatus.VALIDATING,
+    BatchStatus.IN_PROGRESS,
+    BatchStatus.FINALIZING,
+    BatchStatus.CANCELLING,
+)
 TERMINAL: tuple[BatchStatus, ...] = (
-    BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
+    BatchStatus.COMPLETED,
+    BatchStatus.FAILED,
+    BatchStatus.EXPIRED,
+    BatchStatus.CANCELLED,
+)
 CANCELLABLE: tuple[BatchStatus, ...] = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
 
 

@@ -44,14 +44,18 @@ class MinuteRing:
     def series(self, now_minute: int) -> dict[str, list[int]]:
         """The last hour, oldest minute first; minutes without an attempt are zeros."""
         minutes = range(now_minute - MINUTES + 1, now_minute + 1)
-        return {name: [self.counts[s][m % MINUTES] if self.stamps[m % MINUTES] == m else 0 for m in minutes]
-                for s, name in enumerate(SERIES)}
-
+        return {
+            name: [self.counts[s][m % MINUTES] if self.stamps[m % MINUTES] == m else 0 for m in minutes]
+            for s, name in enumerate(SERIES)
+        }
 
     def rows(self, from_minute: int) -> list[dict[str, int]]:
         """This ring's minutes since `from_minute` as rows (scale-out: published for other processes)."""
-        return [{"minute": stamp, **{name: self.counts[s][i] for s, name in enumerate(SERIES)}}
-                for i, stamp in enumerate(self.stamps) if stamp >= from_minute]
+        return [
+            {"minute": stamp, **{name: self.counts[s][i] for s, name in enumerate(SERIES)}}
+            for i, stamp in enumerate(self.stamps)
+            if stamp >= from_minute
+        ]
 
 
 _rings: dict[str, MinuteRing] = {}

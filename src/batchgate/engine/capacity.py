@@ -46,8 +46,9 @@ def max_min_fair(total: int, demands: Mapping[str, int]) -> dict[str, int]:
     return allocation
 
 
-def decide_lease(deployment: str, owner: str, limit: int, in_flight: int, demand: int,
-                 others: list[CapacityLease]) -> tuple[CapacityLease, int]:
+def decide_lease(
+    deployment: str, owner: str, limit: int, in_flight: int, demand: int, others: list[CapacityLease]
+) -> tuple[CapacityLease, int]:
     """This worker's next lease on one deployment, given the other workers' live leases, and the
     slots it may fill from now on (its target).
 
@@ -70,8 +71,15 @@ def decide_lease(deployment: str, owner: str, limit: int, in_flight: int, demand
 class CapacityCoordinator:
     """Renews this worker's leases on every deployment and applies them to the local limits."""
 
-    def __init__(self, store: Store, pools: dict[str, ModelPool], config: EngineConfig, owner: str,
-                 demand: Callable[[Deployment], int], on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pools: dict[str, ModelPool],
+        config: EngineConfig,
+        owner: str,
+        demand: Callable[[Deployment], int],
+        on_change: Callable[[], None],
+    ) -> None:
         self._store = store
         self._deployments = {d.name: d for pool in pools.values() for d in pool.deployments}
         self._config = config
@@ -104,15 +112,21 @@ class CapacityCoordinator:
         def decide(others: dict[str, list[CapacityLease]]) -> list[CapacityLease]:
             leases = []
             for name, deployment in self._deployments.items():
-                lease, targets[name] = decide_lease(name, self._owner, deployment.config.max_concurrency,
-                                                    deployment.in_flight, self._demand(deployment), others[name])
+                lease, targets[name] = decide_lease(
+                    name,
+                    self._owner,
+                    deployment.config.max_concurrency,
+                    deployment.in_flight,
+                    self._demand(deployment),
+                    others[name],
+                )
                 deployment.limits.shrink(targets[name], lease.rate_share, time.monotonic())
                 leases.append(lease)
             return leases
 
-        leases = await self._store.renew_capacity(self._owner, started_wall,
-                                                  started_wall + self._config.capacity_lease_s,
-                                                  list(self._deployments), decide)
+        leases = await self._store.renew_capacity(
+            self._owner, started_wall, started_wall + self._config.capacity_lease_s, list(self._deployments), decide
+        )
         changed = False
         for lease in leases:
             limits, target = self._deployments[lease.deployment].limits, targets[lease.deployment]
@@ -128,5 +142,8 @@ class CapacityCoordinator:
         try:
             await self._store.release_capacity(self._owner)
         except Exception as exc:
-            log.warning("releasing capacity leases failed (%s); they expire in %gs", describe(exc),
-                        self._config.capacity_lease_s)
+            log.warning(
+                "releasing capacity leases failed (%s); they expire in %gs",
+                describe(exc),
+                self._config.capacity_lease_s,
+            )

@@ -36,23 +36,42 @@ ACTIVITY_PUBLISH_S = 5.0  # how stale another worker's figures on the console ma
 
 
 class Engine:
-    def __init__(self, settings: Settings, store: Store, blobs: BlobStore, *, single_node: bool,
-                 on_batch_done: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        blobs: BlobStore,
+        *,
+        single_node: bool,
+        on_batch_done: Callable[[str], None] | None = None,
+    ) -> None:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-6:]}"
         self._store = store
         self._blobs = blobs
         self._single_node = single_node
         self._lease_s = settings.engine.lease_s
         self.pools = build_pools(settings)
-        self.writer = ResultWriter(store, settings.engine.flush_interval_s, settings.engine.flush_max_results,
-                                   on_flushed=self._on_flushed, outage=store.outage)
-        self.dispatcher = Dispatcher(store, blobs, self.pools, self.writer, settings.engine, self.owner,
-                                     Guardrails(settings.guardrails))
-        self.lifecycle = Lifecycle(settings, store, blobs, self.dispatcher, self.writer, self.owner,
-                                   on_batch_done=on_batch_done)
+        self.writer = ResultWriter(
+            store,
+            settings.engine.flush_interval_s,
+            settings.engine.flush_max_results,
+            on_flushed=self._on_flushed,
+            outage=store.outage,
+        )
+        self.dispatcher = Dispatcher(
+            store, blobs, self.pools, self.writer, settings.engine, self.owner, Guardrails(settings.guardrails)
+        )
+        self.lifecycle = Lifecycle(
+            settings, store, blobs, self.dispatcher, self.writer, self.owner, on_batch_done=on_batch_done
+        )
         # Several processes share the deployments' limits only on a shared database.
-        self.capacity = None if single_node else CapacityCoordinator(
-            store, self.pools, settings.engine, self.owner, self.dispatcher.demand, self.dispatcher.wake)
+        self.capacity = (
+            None
+            if single_node
+            else CapacityCoordinator(
+                store, self.pools, settings.engine, self.owner, self.dispatcher.demand, self.dispatcher.wake
+            )
+        )
         if self.capacity is not None:
             self.dispatcher.on_new_work = self.capacity.wake
         self._capacity_task: asyncio.Task[None] | None = None
@@ -98,8 +117,12 @@ class Engine:
             return
         exc = task.exception()
         why = f"{type(exc).__name__}: {exc}" if exc is not None else "it returned"
-        log.critical("engine loop %r stopped (%s); the engine cannot go on without it, so the process stops",
-                     task.get_name(), why, exc_info=exc)
+        log.critical(
+            "engine loop %r stopped (%s); the engine cannot go on without it, so the process stops",
+            task.get_name(),
+            why,
+            exc_info=exc,
+        )
         if self.failed is not None and not self.failed.done():
             self.failed.set_result(f"engine loop {task.get_name()!r} stopped: {why}")
 
@@ -118,8 +141,9 @@ class Engine:
 
     async def publish_activity(self) -> None:
         minute = int(time.time()) // 60
-        await queries.publish_activity(self._store, self.owner, activity.recent_rows(minute - 1),
-                                       keep_from_minute=minute - activity.MINUTES)
+        await queries.publish_activity(
+            self._store, self.owner, activity.recent_rows(minute - 1), keep_from_minute=minute - activity.MINUTES
+        )
 
     async def _sweep_orphan_blobs(self) -> None:
         """Blobs a crash left without a row (between a blob's commit and its row's insert, or files
@@ -152,6 +176,9 @@ class Engine:
         try:
             await self._store.release_all_leases(self.owner)
         except Exception as exc:  # the database is down: the leases expire and others take the rows then
-            log.warning("handing back this worker's requests failed (%s); their leases expire in %gs",
-                        describe(exc), self._lease_s)
+            log.warning(
+                "handing back this worker's requests failed (%s); their leases expire in %gs",
+                describe(exc),
+                self._lease_s,
+            )
         await close_pools(self.pools)

@@ -19,8 +19,14 @@ def make_upstream(model: ModelConfig, config: DeploymentConfig) -> Upstream:
     from batchgate.upstreams.openai_compat import OpenAICompatUpstream
 
     assert config.base_url is not None and config.model is not None
-    return OpenAICompatUpstream(config.base_url, config.api_key, config.model, config.max_concurrency,
-                                name=config.name or model.name, max_response_bytes=config.max_response_bytes)
+    return OpenAICompatUpstream(
+        config.base_url,
+        config.api_key,
+        config.model,
+        config.max_concurrency,
+        name=config.name or model.name,
+        max_response_bytes=config.max_response_bytes,
+    )
 
 
 @dataclass(eq=False)

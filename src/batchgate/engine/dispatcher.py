@@ -88,8 +88,16 @@ def _parse(batch: ActiveBatch, request: ClaimedRequest, line: bytes) -> _Ready:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, blobs: BlobStore, pools: dict[str, ModelPool], writer: ResultWriter,
-                 engine_config: EngineConfig, owner: str, guardrails: Guardrails | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        pools: dict[str, ModelPool],
+        writer: ResultWriter,
+        engine_config: EngineConfig,
+        owner: str,
+        guardrails: Guardrails | None = None,
+    ) -> None:
         self._guardrails = guardrails or Guardrails([])
         self._store = store
         self._blobs = blobs
@@ -208,20 +216,36 @@ class Dispatcher:
                     bodies = await self._read_bodies(batch, claimed)
                 except FileNotFoundError:
                     # The input is gone from the blob store for good: these lines can never run.
-                    log.error("the input of %s is missing from the blob store; %d requests end unanswered",
-                              batch.id, len(claimed), extra={"batch_id": batch.id})
+                    log.error(
+                        "the input of %s is missing from the blob store; %d requests end unanswered",
+                        batch.id,
+                        len(claimed),
+                        extra={"batch_id": batch.id},
+                    )
                     for request in claimed:
-                        self._finish(batch, request, UpstreamReply(
-                            None, error_code="input_file_missing",
-                            error_message="the batch's input file is no longer in the blob store"))
+                        self._finish(
+                            batch,
+                            request,
+                            UpstreamReply(
+                                None,
+                                error_code="input_file_missing",
+                                error_message="the batch's input file is no longer in the blob store",
+                            ),
+                        )
                     continue
                 except Exception:
                     # Hand the rows back, a little later: a lease we keep renewing would strand them,
                     # and an immediate retry would spin on a store that keeps failing.
-                    log.exception("reading %d request bodies of %s failed; re-queued in %gs", len(claimed),
-                                  batch.id, READ_RETRY_S, extra={"batch_id": batch.id})
-                    await self._store.release_rows(batch.id, [c.line_no for c in claimed],
-                                                   retry_at=time.time() + READ_RETRY_S)
+                    log.exception(
+                        "reading %d request bodies of %s failed; re-queued in %gs",
+                        len(claimed),
+                        batch.id,
+                        READ_RETRY_S,
+                        extra={"batch_id": batch.id},
+                    )
+                    await self._store.release_rows(
+                        batch.id, [c.line_no for c in claimed], retry_at=time.time() + READ_RETRY_S
+                    )
                     continue
                 for request, line in bodies:
                     item = self._guarded(_parse(batch, request, line))
@@ -229,8 +253,9 @@ class Dispatcher:
                         ready.append(item)
             self._start_ready(pool, ready)
 
-    async def _claim_fairly(self, model: str, batches: list[ActiveBatch], free: int
-                            ) -> list[tuple[ActiveBatch, list[ClaimedRequest]]]:
+    async def _claim_fairly(
+        self, model: str, batches: list[ActiveBatch], free: int
+    ) -> list[tuple[ActiveBatch, list[ClaimedRequest]]]:
         """Split `free` slots between teams by weight, and within a team round robin over its batches
         (earliest deadline first); slots a batch cannot use go back to the others."""
         now = time.time()
@@ -269,8 +294,9 @@ class Dispatcher:
             hungry = still_hungry
         return out
 
-    async def _read_bodies(self, batch: ActiveBatch, claimed: list[ClaimedRequest]
-                           ) -> list[tuple[ClaimedRequest, bytes]]:
+    async def _read_bodies(
+        self, batch: ActiveBatch, claimed: list[ClaimedRequest]
+    ) -> list[tuple[ClaimedRequest, bytes]]:
         """Each request's input line, read by byte range: one read per blob (input file or added segment)."""
         by_blob: dict[str, list[ClaimedRequest]] = defaultdict(list)
         for request in claimed:
@@ -288,8 +314,11 @@ class Dispatcher:
         try:
             guarded = self._guardrails.check_input(item.batch.model, item.batch.key_id, item.endpoint, item.body)
         except Blocked as blocked:
-            self._finish(item.batch, item.request, UpstreamReply(None, error_code="guardrail_blocked",
-                                                                 error_message=str(blocked)))
+            self._finish(
+                item.batch,
+                item.request,
+                UpstreamReply(None, error_code="guardrail_blocked", error_message=str(blocked)),
+            )
             return None
         if guarded is not item.body:  # changed (clamped, redacted): budget TPM for what is really sent
             item.body, item.tokens = guarded, estimate_tokens(orjson.dumps(guarded), guarded)
@@ -396,10 +425,19 @@ class Dispatcher:
         try:
             await self._attempts(item, deployment)
         except Exception as exc:  # a bug must end the request visibly, never strand its row
-            log.exception("request %s/%s failed inside the gateway", item.batch.id, item.request.custom_id,
-                          extra={"batch_id": item.batch.id, "custom_id": item.request.custom_id})
-            self._finish(item.batch, item.request, UpstreamReply(
-                None, error_code="internal_error", error_message=f"gateway error: {type(exc).__name__}: {exc}"))
+            log.exception(
+                "request %s/%s failed inside the gateway",
+                item.batch.id,
+                item.request.custom_id,
+                extra={"batch_id": item.batch.id, "custom_id": item.request.custom_id},
+            )
+            self._finish(
+                item.batch,
+                item.request,
+                UpstreamReply(
+                    None, error_code="internal_error", error_message=f"gateway error: {type(exc).__name__}: {exc}"
+                ),
+            )
 
     async def _attempts(self, item: _Ready, deployment: Deployment | None) -> None:
         """One request to its end: retries with backoff on its model (any of its deployments),
@@ -408,8 +446,11 @@ class Dispatcher:
         if item.body is None:
             assert deployment is not None
             self._release(self._pools[batch.model], deployment, None)
-            self._finish(batch, item.request, UpstreamReply(None, error_code="invalid_request",
-                                                            error_message="the input line could not be read"))
+            self._finish(
+                batch,
+                item.request,
+                UpstreamReply(None, error_code="invalid_request", error_message="the input line could not be read"),
+            )
             return
         chain = [batch.model, *self._pools[batch.model].model.fallbacks]
         for index, model in enumerate(chain):
@@ -424,21 +465,30 @@ class Dispatcher:
                     deployment = await self._wait_for_slot(pool, pinned, item.tokens)
                 outcome: UpstreamReply | None = None
                 started = time.perf_counter()
-                with tracing.span("upstream " + item.endpoint, **{
-                    "batchgate.batch_id": batch.id, "batchgate.custom_id": item.request.custom_id,
-                    "batchgate.model": pool.model.name, "batchgate.deployment": deployment.name,
-                    "batchgate.attempt": attempt}) as span:
+                with tracing.span(
+                    "upstream " + item.endpoint,
+                    **{
+                        "batchgate.batch_id": batch.id,
+                        "batchgate.custom_id": item.request.custom_id,
+                        "batchgate.model": pool.model.name,
+                        "batchgate.deployment": deployment.name,
+                        "batchgate.attempt": attempt,
+                    },
+                ) as span:
                     try:
-                        outcome = await deployment.upstream.send(item.endpoint, item.body,
-                                                                 deployment.config.timeout_s)
+                        outcome = await deployment.upstream.send(item.endpoint, item.body, deployment.config.timeout_s)
                     finally:
                         self._release(pool, deployment, outcome)
                     if span is not None:
                         _describe_outcome(span, outcome)
                 _observe_attempt(pool.model.name, deployment, outcome, time.perf_counter() - started)
-                activity.record(deployment.name, outcome.status_code, item.tokens,  # the web console's last hour
-                                min(deployment.in_flight + 1, deployment.limits.concurrency),
-                                deployment.limits.circuit.state != "closed")
+                activity.record(
+                    deployment.name,
+                    outcome.status_code,
+                    item.tokens,  # the web console's last hour
+                    min(deployment.in_flight + 1, deployment.limits.concurrency),
+                    deployment.limits.circuit.state != "closed",
+                )
                 reply, max_attempts, deployment = outcome, deployment.config.max_attempts, None
                 if _succeeded(reply) or not is_retryable(reply):
                     self._finish(batch, item.request, reply, pool)
@@ -446,35 +496,57 @@ class Dispatcher:
                 if attempt >= max_attempts:
                     break  # retries exhausted here: the next fallback model, if any
                 pool.series.retries.inc()
-                await asyncio.sleep(backoff_s(attempt, self._config.backoff_base_s, self._config.backoff_max_s,
-                                              reply.retry_after_s))
+                await asyncio.sleep(
+                    backoff_s(attempt, self._config.backoff_base_s, self._config.backoff_max_s, reply.retry_after_s)
+                )
         assert reply is not None
         self._finish(batch, item.request, reply)
 
-    def _finish(self, batch: ActiveBatch, request: ClaimedRequest, reply: UpstreamReply,
-                answered_by: ModelPool | None = None) -> None:
+    def _finish(
+        self, batch: ActiveBatch, request: ClaimedRequest, reply: UpstreamReply, answered_by: ModelPool | None = None
+    ) -> None:
         ok = _succeeded(reply)
         body_text, parsed = _json_text(reply.body)
         if ok and self._guardrails and self._guardrails.redacts_output(batch.model, batch.key_id):
             parsed = self._guardrails.redact_output(parsed)
             body_text = orjson.dumps(parsed).decode()
         tokens = extract_usage(parsed) if ok else (0, 0, 0, 0)
-        self._writer.add(FinishedRequest(
-            batch_id=batch.id, line_no=request.line_no, custom_id=request.custom_id, ok=ok,
-            status_code=reply.status_code, upstream_request_id=_stored_request_id(reply.request_id), body=body_text,
-            error_code=None if reply.answered else reply.error_code,
-            error_message=None if reply.answered else reply.error_message,
-            finished_at=time.time(), input_tokens=tokens[0], cached_tokens=tokens[1],
-            output_tokens=tokens[2], reasoning_tokens=tokens[3],
-        ))
+        self._writer.add(
+            FinishedRequest(
+                batch_id=batch.id,
+                line_no=request.line_no,
+                custom_id=request.custom_id,
+                ok=ok,
+                status_code=reply.status_code,
+                upstream_request_id=_stored_request_id(reply.request_id),
+                body=body_text,
+                error_code=None if reply.answered else reply.error_code,
+                error_message=None if reply.answered else reply.error_message,
+                finished_at=time.time(),
+                input_tokens=tokens[0],
+                cached_tokens=tokens[1],
+                output_tokens=tokens[2],
+                reasoning_tokens=tokens[3],
+            )
+        )
         (metrics.FINISHED_OK if ok else metrics.FINISHED_FAILED).inc()
         if ok and answered_by is not None:
             _observe_usage(answered_by, tokens[0], tokens[2])
         if log.isEnabledFor(logging.DEBUG):  # one line a request: only when asked for
-            log.debug("request %s/%s finished: %s", batch.id, request.custom_id, reply.status_code or reply.error_code,
-                      extra={"batch_id": batch.id, "custom_id": request.custom_id, "line_no": request.line_no,
-                             "status": reply.status_code or reply.error_code, "attempts": request.attempts,
-                             "model": answered_by.model.name if answered_by else batch.model})
+            log.debug(
+                "request %s/%s finished: %s",
+                batch.id,
+                request.custom_id,
+                reply.status_code or reply.error_code,
+                extra={
+                    "batch_id": batch.id,
+                    "custom_id": request.custom_id,
+                    "line_no": request.line_no,
+                    "status": reply.status_code or reply.error_code,
+                    "attempts": request.attempts,
+                    "model": answered_by.model.name if answered_by else batch.model,
+                },
+            )
 
 
 def _observe_attempt(model: str, deployment: Deployment, reply: UpstreamReply, seconds: float) -> None:

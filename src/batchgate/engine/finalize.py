@@ -31,8 +31,9 @@ def result_line_pieces(batch_id: str, row: Row) -> list[bytes]:
     copying it into a whole line first."""
     head = orjson.dumps({"id": request_id(batch_id, row["line_no"]), "custom_id": row["custom_id"]})[:-1]
     if row["status_code"] is not None:
-        response = orjson.dumps({"status_code": row["status_code"],
-                                 "request_id": row["upstream_request_id"] or ""})[:-1]
+        response = orjson.dumps({"status_code": row["status_code"], "request_id": row["upstream_request_id"] or ""})[
+            :-1
+        ]
         body = (row["body"] or "null").encode()
         pieces = [head + b',"response":' + response + b',"body":', body, b'},"error":null}\n']
         return pieces if len(body) > SEPARATE_BODY_BYTES else [b"".join(pieces)]
@@ -51,7 +52,7 @@ def slices(data: bytes, size: int = STREAM_SLICE_BYTES) -> Iterator[bytes]:
         yield data
         return
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 async def write_result_files(store: Store, blobs: BlobStore, batch: Row, now: int) -> dict[str, dict[str, Any]]:
@@ -74,9 +75,14 @@ async def write_result_files(store: Store, blobs: BlobStore, batch: Row, now: in
             expires_after = batch["output_expires_after"]
             role = "output" if ok else "error"
             file_rows[role] = {
-                "id": key, "team_id": batch["team_id"], "purpose": "batch_output",
-                "filename": f"{batch['id']}_{role}.jsonl", "bytes": writer.size, "sha256": sha,
-                "created_at": now, "expires_at": now + expires_after if expires_after else None,
+                "id": key,
+                "team_id": batch["team_id"],
+                "purpose": "batch_output",
+                "filename": f"{batch['id']}_{role}.jsonl",
+                "bytes": writer.size,
+                "sha256": sha,
+                "created_at": now,
+                "expires_at": now + expires_after if expires_after else None,
                 "provider_name": None,
             }
         return file_rows

@@ -74,8 +74,9 @@ def change_all(value: Any, change: Callable[[str], str]) -> Any:
     if isinstance(value, list):
         return [change_all(v, change) for v in value]
     if isinstance(value, dict):
-        return {k: change_all(v, change) if k in ("text", "content", "input", "prompt") else v
-                for k, v in value.items()}
+        return {
+            k: change_all(v, change) if k in ("text", "content", "input", "prompt") else v for k, v in value.items()
+        }
     return value
 
 
@@ -95,8 +96,9 @@ class _Rule:
     patterns: tuple[re.Pattern[str], ...]
 
     def applies(self, model: str, key_id: str | None) -> bool:
-        return ((self.config.models is None or model in self.config.models)
-                and (self.config.keys is None or key_id in self.config.keys))
+        return (self.config.models is None or model in self.config.models) and (
+            self.config.keys is None or key_id in self.config.keys
+        )
 
 
 class Guardrails:
@@ -115,8 +117,9 @@ class Guardrails:
                 if pattern.search(text):
                     raise Blocked(config.name, f"the input matches a denied pattern ({pattern.pattern})")
             if config.max_input_tokens is not None and len(text) // 4 > config.max_input_tokens:
-                raise Blocked(config.name, f"the input is about {len(text) // 4} tokens; the limit is "
-                              f"{config.max_input_tokens}")
+                raise Blocked(
+                    config.name, f"the input is about {len(text) // 4} tokens; the limit is {config.max_input_tokens}"
+                )
             if config.redact_pii and config.redact_pii.input:
                 body = map_texts(body, redact_pii, INPUT_KEYS)
             if config.clamp_max_tokens is not None:

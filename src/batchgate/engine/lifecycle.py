@@ -78,14 +78,21 @@ class _BudgetCheck:
         cache_key = (batch["team_id"], key_id)
         if cache_key not in self._verdicts:
             key = await self._store.get_key(key_id) if key_id else None
-            self._verdicts[cache_key] = await over_budget(self._store, self._settings, team,
-                                                          dict(key) if key else None)
+            self._verdicts[cache_key] = await over_budget(self._store, self._settings, team, dict(key) if key else None)
         return self._verdicts[cache_key]
 
 
 class Lifecycle:
-    def __init__(self, settings: Settings, store: Store, blobs: BlobStore, dispatcher: Dispatcher,
-                 writer: ResultWriter, owner: str, on_batch_done: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        blobs: BlobStore,
+        dispatcher: Dispatcher,
+        writer: ResultWriter,
+        owner: str,
+        on_batch_done: Callable[[str], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._blobs = blobs
@@ -142,8 +149,9 @@ class Lifecycle:
         active: list[ActiveBatch] = []
         teams = {team["id"]: dict(team) for team in await self._store.list_teams()}
         weights = {team_id: team["weight"] for team_id, team in teams.items()}
-        budget_check = _BudgetCheck(self._store, self._settings, teams,
-                                    enabled=now - self._last_budget_check >= BUDGET_CHECK_EVERY_S)
+        budget_check = _BudgetCheck(
+            self._store, self._settings, teams, enabled=now - self._last_budget_check >= BUDGET_CHECK_EVERY_S
+        )
         if budget_check.enabled:
             self._last_budget_check = now
         active_rows = await self._store.batches_with_status(ACTIVE)
@@ -153,21 +161,36 @@ class Lifecycle:
                 self._start_validation(batch)
             elif status == BatchStatus.IN_PROGRESS:
                 if now >= batch["expires_at"]:
-                    await self._stop_early(batch, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED, transitions.expire,
-                                           "batch_expired",
-                                           "the batch's completion window ended before this request ran")
+                    await self._stop_early(
+                        batch,
+                        BatchStatus.IN_PROGRESS,
+                        BatchStatus.EXPIRED,
+                        transitions.expire,
+                        "batch_expired",
+                        "the batch's completion window ended before this request ran",
+                    )
                 elif batch["sealed"] and batch["completed"] + batch["failed"] >= batch["total"]:
                     await self._complete(batch)  # an open (xAI) batch runs until cancelled or expired
                 elif reason := await budget_check.stop_reason(batch):
-                    await self._stop_by_gateway(batch, "budget_exceeded",
-                                                f"budget exceeded before this request ran: {reason}")
+                    await self._stop_by_gateway(
+                        batch, "budget_exceeded", f"budget exceeded before this request ran: {reason}"
+                    )
                 elif reason := self._unservable(batch):
                     await self._stop_by_gateway(batch, "model_not_found", reason)
                 elif batch["total"] > batch["completed"] + batch["failed"]:
-                    active.append(ActiveBatch(batch["id"], batch["model_override"] or batch["model"],
-                                              batch["endpoint"], batch["input_file_id"], batch["expires_at"],
-                                              batch["pinned_deployment"], batch["team_id"] or "",
-                                              weights.get(batch["team_id"], 1.0), batch["create_api_key_id"]))
+                    active.append(
+                        ActiveBatch(
+                            batch["id"],
+                            batch["model_override"] or batch["model"],
+                            batch["endpoint"],
+                            batch["input_file_id"],
+                            batch["expires_at"],
+                            batch["pinned_deployment"],
+                            batch["team_id"] or "",
+                            weights.get(batch["team_id"], 1.0),
+                            batch["create_api_key_id"],
+                        )
+                    )
             elif status == BatchStatus.FINALIZING:
                 await self._complete(batch)
             elif status == BatchStatus.CANCELLING:
@@ -206,13 +229,23 @@ class Lifecycle:
                 await self._validate_once(batch)
             self._warned_at.pop(f"validate:{batch['id']}", None)
         except (FileNotFoundError, BlobMismatch) as exc:
-            log.warning("batch %s: its input file %s cannot be used: %s", batch["id"], batch["input_file_id"], exc,
-                        extra={"batch_id": batch["id"]})
+            log.warning(
+                "batch %s: its input file %s cannot be used: %s",
+                batch["id"],
+                batch["input_file_id"],
+                exc,
+                extra={"batch_id": batch["id"]},
+            )
             await self._store.delete_requests(batch["id"])
             await self._fail(batch, _unreadable_input(exc))
         except Exception as exc:  # storage or database trouble: the next tick validates again
-            self._warn(f"validate:{batch['id']}", "validation of batch %s failed, retrying: %s: %s",
-                       batch["id"], type(exc).__name__, exc)
+            self._warn(
+                f"validate:{batch['id']}",
+                "validation of batch %s failed, retrying: %s: %s",
+                batch["id"],
+                type(exc).__name__,
+                exc,
+            )
 
     async def _validate_once(self, batch: Row) -> None:
         batch_id = batch["id"]
@@ -231,10 +264,12 @@ class Lifecycle:
             return
 
         async def write_rows(rows: list[dict[str, Any]]) -> None:
-            await self._store.insert_requests([
-                {**r, "batch_id": batch_id, "state": RequestState.PENDING, "attempts": 0, "next_attempt_at": 0.0}
-                for r in rows
-            ])
+            await self._store.insert_requests(
+                [
+                    {**r, "batch_id": batch_id, "state": RequestState.PENDING, "attempts": 0, "next_attempt_at": 0.0}
+                    for r in rows
+                ]
+            )
 
         async def cancelled() -> bool:
             current = await self._store.get_batch(batch_id)
@@ -244,31 +279,48 @@ class Lifecycle:
         # a failed batch, instead of a batch that quietly runs whatever lines are left.
         verified = VerifyingBlobStore(self._blobs, {file["id"]: (file["bytes"], file["sha256"])})
         report = await validate_input(
-            verified, file["id"], file["bytes"], batch["endpoint"], self._settings.limits,
-            _allowed_models(self._settings, batch), batch["model_override"], write_rows, cancelled,
+            verified,
+            file["id"],
+            file["bytes"],
+            batch["endpoint"],
+            self._settings.limits,
+            _allowed_models(self._settings, batch),
+            batch["model_override"],
+            write_rows,
+            cancelled,
         )
         if report is None:
             return
         pinned = batch["pinned_deployment"]
         if report.ok and pinned and self._deployment_models.get(pinned) != report.model:
-            report.add("model_not_found", f"deployment {pinned!r} (x-tfy-provider-name) does not serve model "
-                       f"{report.model!r}", None, "body.model")
+            report.add(
+                "model_not_found",
+                f"deployment {pinned!r} (x-tfy-provider-name) does not serve model {report.model!r}",
+                None,
+                "body.model",
+            )
         if not report.ok:
             await self._store.delete_requests(batch_id)
             await self._fail(batch, report)
             return
         assert report.model is not None
         if await transitions.start(self._store, batch_id, model=report.model, total=report.total):
-            log.info("batch %s validated: %d requests for %s", batch_id, report.total, report.model,
-                     extra={"batch_id": batch_id, "model": report.model})
+            log.info(
+                "batch %s validated: %d requests for %s",
+                batch_id,
+                report.total,
+                report.model,
+                extra={"batch_id": batch_id, "model": report.model},
+            )
 
     async def _fail(self, batch: Row, report: ValidationReport) -> None:
         """A bad input file: the batch fails (or, where the dialect says so, is cancelled saying why)."""
         first = report.errors[0]
         where = f"line {first['line']}: " if first.get("line") else ""
         why = f"{where}{first['code']}: {first['message']} ({report.error_count} errors)"
-        if await transitions.fail_validation(self._store, batch, rules_for(batch["dialect"]),
-                                             orjson.dumps(report.as_errors_object()).decode(), why):
+        if await transitions.fail_validation(
+            self._store, batch, rules_for(batch["dialect"]), orjson.dumps(report.as_errors_object()).decode(), why
+        ):
             self._done(batch["id"])
 
     # ------------------------------------------------------------------ ending a batch
@@ -285,8 +337,14 @@ class Lifecycle:
             if await transitions.finish_cancel(self._store, batch, {}):
                 self._done(batch["id"])
             return
-        await self._stop_early(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED, transitions.finish_cancel,
-                               "batch_cancelled", "the batch was cancelled before this request finished")
+        await self._stop_early(
+            batch,
+            BatchStatus.CANCELLING,
+            BatchStatus.CANCELLED,
+            transitions.finish_cancel,
+            "batch_cancelled",
+            "the batch was cancelled before this request finished",
+        )
 
     def _unservable(self, batch: Row) -> str | None:
         """Why the current config can no longer run this batch (it was created under another one)."""
@@ -303,31 +361,50 @@ class Lifecycle:
         and the batch says why."""
         # Leave in_progress first: from then on no add-call can slip a request in.
         if await transitions.request_cancel(self._store, batch["id"], (BatchStatus.IN_PROGRESS,)):
-            await self._stop_early(batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED,
-                                   partial(transitions.finish_cancel, message=message), code, message)
+            await self._stop_early(
+                batch,
+                BatchStatus.CANCELLING,
+                BatchStatus.CANCELLED,
+                partial(transitions.finish_cancel, message=message),
+                code,
+                message,
+            )
 
-    async def _stop_early(self, batch: Row, from_status: BatchStatus, to_status: BatchStatus, finish: Finish,
-                          code: str, message: str) -> None:
+    async def _stop_early(
+        self, batch: Row, from_status: BatchStatus, to_status: BatchStatus, finish: Finish, code: str, message: str
+    ) -> None:
         """Expiry and cancellation: keep every finished result, end the rest with `code`."""
         self._dispatcher.cancel_batch(batch["id"])
         await self._writer.flush()  # results that arrived before the cut still count as answers
         await self._store.terminate_unfinished(batch["id"], UNFINISHED, code, message, time.time())
         await self._write_files_and_finish(batch, from_status, to_status, finish)
 
-    async def _write_files_and_finish(self, batch: Row, from_status: BatchStatus, to_status: BatchStatus,
-                                      finish: Finish) -> None:
+    async def _write_files_and_finish(
+        self, batch: Row, from_status: BatchStatus, to_status: BatchStatus, finish: Finish
+    ) -> None:
         """Write the result files, then `finish` (the transition to `to_status` that records them)."""
         now = int(time.time())
         fresh = await self._store.get_batch(batch["id"])
         if fresh is None or fresh["status"] != from_status:
             return
         try:
-            with tracing.span("batch finalize", **{"batchgate.batch_id": batch["id"], "batchgate.status": to_status,
-                                                   "batchgate.requests": fresh["total"]}):
+            with tracing.span(
+                "batch finalize",
+                **{
+                    "batchgate.batch_id": batch["id"],
+                    "batchgate.status": to_status,
+                    "batchgate.requests": fresh["total"],
+                },
+            ):
                 new_files = await write_result_files(self._store, self._blobs, fresh, now)
         except OSError as exc:  # a full or read-only files storage: stay in from_status, retry next tick
-            self._warn(f"finalize:{batch['id']}", "cannot write the result files of batch %s (%s); "
-                       "it stays %s and finalisation is retried", batch["id"], exc, from_status)
+            self._warn(
+                f"finalize:{batch['id']}",
+                "cannot write the result files of batch %s (%s); it stays %s and finalisation is retried",
+                batch["id"],
+                exc,
+                from_status,
+            )
             return
         if not await finish(self._store, fresh, new_files):  # someone else finished it first: surplus copies
             for row in new_files.values():

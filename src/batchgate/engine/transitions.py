@@ -25,8 +25,14 @@ Files = dict[str, dict[str, Any]]  # the new file rows by role ("output", "error
 
 async def start(store: Store, batch_id: str, *, model: str, total: int) -> bool:
     """validating → in_progress: the input is valid and its requests are queued."""
-    return await store.transition(batch_id, [BatchStatus.VALIDATING], BatchStatus.IN_PROGRESS, model=model,
-                                  total=total, in_progress_at=int(time.time()))
+    return await store.transition(
+        batch_id,
+        [BatchStatus.VALIDATING],
+        BatchStatus.IN_PROGRESS,
+        model=model,
+        total=total,
+        in_progress_at=int(time.time()),
+    )
 
 
 async def fail_validation(store: Store, batch: Row, rules: DialectRules, errors: str, why: str) -> bool:
@@ -35,16 +41,22 @@ async def fail_validation(store: Store, batch: Row, rules: DialectRules, errors:
     now = int(time.time())
     if rules.invalid_input_cancels:
         to_status = BatchStatus.CANCELLED
-        moved = await store.transition(batch["id"], [BatchStatus.VALIDATING], to_status, errors=errors,
-                                       cancelled_at=now, cancel_message=f"invalid input file: {why}")
+        moved = await store.transition(
+            batch["id"],
+            [BatchStatus.VALIDATING],
+            to_status,
+            errors=errors,
+            cancelled_at=now,
+            cancel_message=f"invalid input file: {why}",
+        )
     else:
         to_status = BatchStatus.FAILED
-        moved = await store.transition(batch["id"], [BatchStatus.VALIDATING], to_status, errors=errors,
-                                       failed_at=now)
+        moved = await store.transition(batch["id"], [BatchStatus.VALIDATING], to_status, errors=errors, failed_at=now)
     if moved:
         metrics.BATCHES_FINISHED.labels(to_status).inc()
-        log.info("batch %s failed validation: %s", batch["id"], why,
-                 extra={"batch_id": batch["id"], "status": to_status})
+        log.info(
+            "batch %s failed validation: %s", batch["id"], why, extra={"batch_id": batch["id"], "status": to_status}
+        )
     return moved
 
 
@@ -57,8 +69,9 @@ async def request_cancel(store: Store, batch_id: str, from_statuses: Sequence[Ba
 
 async def finalise(store: Store, batch_id: str) -> bool:
     """in_progress → finalizing: every request has its result; the files are written next (complete)."""
-    return await store.transition(batch_id, [BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING,
-                                  finalizing_at=int(time.time()))
+    return await store.transition(
+        batch_id, [BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING, finalizing_at=int(time.time())
+    )
 
 
 async def complete(store: Store, batch: Row, new_files: Files) -> bool:
@@ -71,26 +84,39 @@ async def expire(store: Store, batch: Row, new_files: Files) -> bool:
     return await _end(store, batch, BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED, new_files, expired_at=None)
 
 
-async def finish_cancel(store: Store, batch: Row, new_files: Files,
-                        message: str | None = None) -> bool:
+async def finish_cancel(store: Store, batch: Row, new_files: Files, message: str | None = None) -> bool:
     """cancelling → cancelled, with what finished in its files (none if nothing ran); `message` says why
     when the gateway, not a client, stopped it."""
     extra: dict[str, Any] = {"cancel_message": message} if message is not None else {}
-    return await _end(store, batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED, new_files, cancelled_at=None,
-                      **extra)
+    return await _end(
+        store, batch, BatchStatus.CANCELLING, BatchStatus.CANCELLED, new_files, cancelled_at=None, **extra
+    )
 
 
-async def _end(store: Store, batch: Row, from_status: BatchStatus, to_status: BatchStatus,
-               new_files: Files, **values: Any) -> bool:
+async def _end(
+    store: Store, batch: Row, from_status: BatchStatus, to_status: BatchStatus, new_files: Files, **values: Any
+) -> bool:
     """A final status, its time stamp (the column given as None) and its file rows, in one transaction."""
     now = int(time.time())
     values = {name: now if value is None else value for name, value in values.items()}
     output, error = new_files.get("output"), new_files.get("error")
-    finished = await store.finish_batch(batch["id"], [from_status], to_status, list(new_files.values()),
-                                        output_file_id=output["id"] if output else None,
-                                        error_file_id=error["id"] if error else None, **values)
+    finished = await store.finish_batch(
+        batch["id"],
+        [from_status],
+        to_status,
+        list(new_files.values()),
+        output_file_id=output["id"] if output else None,
+        error_file_id=error["id"] if error else None,
+        **values,
+    )
     if finished:
         metrics.BATCHES_FINISHED.labels(to_status).inc()
-        log.info("batch %s %s: %d completed, %d failed", batch["id"], to_status, batch["completed"], batch["failed"],
-                 extra={"batch_id": batch["id"], "status": to_status})
+        log.info(
+            "batch %s %s: %d completed, %d failed",
+            batch["id"],
+            to_status,
+            batch["completed"],
+            batch["failed"],
+            extra={"batch_id": batch["id"], "status": to_status},
+        )
     return finished

@@ -45,8 +45,9 @@ class ValidationReport:
 class LineChecker:
     """The rules for one request line; stateful across lines (model, custom_ids)."""
 
-    def __init__(self, endpoint: str, known_models: Collection[str], model_override: str | None,
-                 max_custom_id_chars: int = 512) -> None:
+    def __init__(
+        self, endpoint: str, known_models: Collection[str], model_override: str | None, max_custom_id_chars: int = 512
+    ) -> None:
         self.endpoint = endpoint
         self.max_custom_id_chars = max_custom_id_chars
         self.known_models = known_models
@@ -66,25 +67,38 @@ class LineChecker:
             report.add("invalid_json_line", f"line {line} must be a JSON object, got {type(data).__name__}", line)
             return None
         if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and not _serialisable(data):  # counting is cheap
-            report.add("invalid_json_line", f"line {line} nests JSON more than {MAX_DEPTH} levels deep, more than "
-                       "the gateway can forward", line)
+            report.add(
+                "invalid_json_line",
+                f"line {line} nests JSON more than {MAX_DEPTH} levels deep, more than the gateway can forward",
+                line,
+            )
             return None
         before = report.error_count
         custom_id = data.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
-            report.add("missing_required_parameter", _missing_or_typed("custom_id", custom_id, "a non-empty string"),
-                       line, "custom_id")
+            report.add(
+                "missing_required_parameter",
+                _missing_or_typed("custom_id", custom_id, "a non-empty string"),
+                line,
+                "custom_id",
+            )
             custom_id = None
         elif "\x00" in custom_id:  # PostgreSQL cannot store it: the batch would fail at its first write
             report.add("missing_required_parameter", NUL_MESSAGE.format(name="custom_id"), line, "custom_id")
             custom_id = None
         elif len(custom_id) > self.max_custom_id_chars:  # every listing and output line repeats it
-            report.add("invalid_custom_id", f"custom_id has {len(custom_id)} characters; at most "
-                       f"{self.max_custom_id_chars} are allowed (limits.max_custom_id_chars)", line, "custom_id")
+            report.add(
+                "invalid_custom_id",
+                f"custom_id has {len(custom_id)} characters; at most "
+                f"{self.max_custom_id_chars} are allowed (limits.max_custom_id_chars)",
+                line,
+                "custom_id",
+            )
             custom_id = None
         elif custom_id in self.seen_ids:
-            report.add("duplicate_custom_id", f"custom_id {_short(custom_id)} appears more than once", line,
-                       "custom_id")
+            report.add(
+                "duplicate_custom_id", f"custom_id {_short(custom_id)} appears more than once", line, "custom_id"
+            )
         method = data.get("method")
         if method is None:
             report.add("missing_required_parameter", "missing required parameter 'method'", line, "method")
@@ -94,8 +108,9 @@ class LineChecker:
         if url is None:
             report.add("missing_required_parameter", "missing required parameter 'url'", line, "url")
         elif url != self.endpoint:
-            report.add("invalid_url", f"url {_short(url)} does not match the batch's endpoint {self.endpoint}",
-                       line, "url")
+            report.add(
+                "invalid_url", f"url {_short(url)} does not match the batch's endpoint {self.endpoint}", line, "url"
+            )
         body = data.get("body")
         if not isinstance(body, dict):
             report.add("missing_required_parameter", _missing_or_typed("body", body, "a JSON object"), line, "body")
@@ -112,8 +127,12 @@ class LineChecker:
             return
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            report.add("missing_required_parameter", _missing_or_typed("body.model", model, "a non-empty string"),
-                       line, "body.model")
+            report.add(
+                "missing_required_parameter",
+                _missing_or_typed("body.model", model, "a non-empty string"),
+                line,
+                "body.model",
+            )
             return
         if "\x00" in model:
             report.add("missing_required_parameter", NUL_MESSAGE.format(name="body.model"), line, "body.model")
@@ -121,19 +140,33 @@ class LineChecker:
         if self.model is None:
             self.model = model
         if model != self.model:
-            report.add("mismatched_model",
-                       f"body.model {_short(model)} differs from {_short(self.model)}: one model per batch",
-                       line, "body.model")
+            report.add(
+                "mismatched_model",
+                f"body.model {_short(model)} differs from {_short(self.model)}: one model per batch",
+                line,
+                "body.model",
+            )
         elif model not in self.known_models and not self._reported_unknown_model:
             self._reported_unknown_model = True
-            report.add("model_not_found", f"model {_short(model)} is not served by this gateway "
-                       f"(configured: {', '.join(sorted(self.known_models))})", line, "body.model")
+            report.add(
+                "model_not_found",
+                f"model {_short(model)} is not served by this gateway "
+                f"(configured: {', '.join(sorted(self.known_models))})",
+                line,
+                "body.model",
+            )
 
 
 async def validate_input(
-    blobs: BlobStore, file_key: str, file_bytes: int, endpoint: str, limits: LimitsConfig,
-    known_models: Collection[str], model_override: str | None,
-    write_rows: Callable[[list[dict[str, Any]]], Any], should_stop: Callable[[], Any],
+    blobs: BlobStore,
+    file_key: str,
+    file_bytes: int,
+    endpoint: str,
+    limits: LimitsConfig,
+    known_models: Collection[str],
+    model_override: str | None,
+    write_rows: Callable[[list[dict[str, Any]]], Any],
+    should_stop: Callable[[], Any],
 ) -> ValidationReport | None:
     """Validate and emit request rows (through `write_rows`) chunk by chunk.
 
@@ -142,8 +175,12 @@ async def validate_input(
     """
     report = ValidationReport()
     if file_bytes > limits.max_file_bytes:
-        report.add("file_too_large", f"the input file has {file_bytes} bytes; the limit is "
-                   f"{limits.max_file_bytes} bytes", None, "input_file_id")
+        report.add(
+            "file_too_large",
+            f"the input file has {file_bytes} bytes; the limit is {limits.max_file_bytes} bytes",
+            None,
+            "input_file_id",
+        )
         return report
     checker = LineChecker(endpoint, known_models, model_override, limits.max_custom_id_chars)
     rows: list[dict[str, Any]] = []
@@ -154,8 +191,11 @@ async def validate_input(
             continue  # blank lines (a trailing newline, say) are not requests
         report.total += 1
         if report.total > limits.max_requests_per_batch:
-            report.add("too_many_requests", f"the file has more than {limits.max_requests_per_batch} requests, "
-                       "the limit per batch", line)
+            report.add(
+                "too_many_requests",
+                f"the file has more than {limits.max_requests_per_batch} requests, the limit per batch",
+                line,
+            )
             break
         if raw is None:
             report.add("invalid_json_line", f"line {line} is longer than {limits.max_line_bytes} bytes", line)

@@ -43,15 +43,30 @@ def _by_bytes(results: Sequence[FinishedRequest], max_bytes: int) -> Iterator[li
 
 
 def _unstorable(finished: FinishedRequest) -> FinishedRequest:
-    return replace(finished, ok=False, body=None, error_code="result_unstorable",
-                   error_message="the upstream's answer could not be stored", status_code=None, input_tokens=0,
-                   cached_tokens=0, output_tokens=0, reasoning_tokens=0)
+    return replace(
+        finished,
+        ok=False,
+        body=None,
+        error_code="result_unstorable",
+        error_message="the upstream's answer could not be stored",
+        status_code=None,
+        input_tokens=0,
+        cached_tokens=0,
+        output_tokens=0,
+        reasoning_tokens=0,
+    )
 
 
 class ResultWriter:
-    def __init__(self, store: Store, interval_s: float, max_results: int,
-                 on_flushed: Callable[[], None] | None = None, max_bytes: int = MAX_TRANSACTION_BYTES,
-                 outage: OutageLog | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        interval_s: float,
+        max_results: int,
+        on_flushed: Callable[[], None] | None = None,
+        max_bytes: int = MAX_TRANSACTION_BYTES,
+        outage: OutageLog | None = None,
+    ) -> None:
         self._store = store
         self._interval_s = interval_s
         self._max_results = max_results
@@ -95,7 +110,7 @@ class ResultWriter:
         for index, group in enumerate(groups):
             kept = await self._store_group(group)
             if kept:  # the database is failing: don't hammer it, keep the later groups too
-                kept += [f for later in groups[index + 1:] for f in later]
+                kept += [f for later in groups[index + 1 :] for f in later]
                 break
         if kept:
             self._buffer[:0] = kept
@@ -138,12 +153,21 @@ class ResultWriter:
             strikes = self._unknown_failures.get(key, 0) + 1
             if not is_data_error(exc) and strikes < UNKNOWN_FAILURES_BEFORE_ERROR:
                 self._unknown_failures[key] = strikes  # not clearly the value's fault: try again later
-                log.warning("storing the result of %s line %d failed (%s); retried", finished.batch_id,
-                            finished.line_no, describe(exc), extra={"batch_id": finished.batch_id})
+                log.warning(
+                    "storing the result of %s line %d failed (%s); retried",
+                    finished.batch_id,
+                    finished.line_no,
+                    describe(exc),
+                    extra={"batch_id": finished.batch_id},
+                )
                 return False
-            log.error("the result of %s line %d cannot be stored (%s); it is recorded as result_unstorable",
-                      finished.batch_id, finished.line_no, describe(exc),
-                      extra={"batch_id": finished.batch_id, "line_no": finished.line_no})
+            log.error(
+                "the result of %s line %d cannot be stored (%s); it is recorded as result_unstorable",
+                finished.batch_id,
+                finished.line_no,
+                describe(exc),
+                extra={"batch_id": finished.batch_id, "line_no": finished.line_no},
+            )
         try:
             await self._store.store_results([_unstorable(finished)])
         except Exception as exc:

@@ -14,8 +14,19 @@ from typing import Literal
 import orjson
 
 LogFormat = Literal["text", "json"]
-CONTEXT_FIELDS = ("batch_id", "custom_id", "line_no", "deployment", "model", "status", "attempts", "method", "path",
-                  "duration_ms", "worker")
+CONTEXT_FIELDS = (
+    "batch_id",
+    "custom_id",
+    "line_no",
+    "deployment",
+    "model",
+    "status",
+    "attempts",
+    "method",
+    "path",
+    "duration_ms",
+    "worker",
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -12,7 +12,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 def async_url(url: str) -> str:
     """Map the user's URL (`sqlite:///…`, `postgresql://…`) to its async driver."""
     if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+asyncpg://" + url.split("://", 1)[1]
     return url
@@ -32,7 +32,11 @@ def create_engine(url: str) -> AsyncEngine:
     # One connection: SQLite has a single writer anyway, and serialising every statement in
     # the process rules out SQLITE_BUSY between our own connections. Long reads are paged.
     engine = create_async_engine(
-        full, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0, pool_timeout=120,
+        full,
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=120,
         connect_args={"timeout": 30},
     )
 

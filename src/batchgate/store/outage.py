@@ -19,9 +19,17 @@ _TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57P")
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
 # 22 data exception (encoding, value too long, …), 54 program limit exceeded (row or index too big).
 _DATA_SQLSTATE_PREFIXES = ("22", "54")
-_TRANSIENT_MESSAGES = ("database is locked", "connection is closed", "connection was closed",
-                       "the database system is", "terminating connection", "server closed the connection",
-                       "connection refused", "disk i/o error", "unable to open database file")
+_TRANSIENT_MESSAGES = (
+    "database is locked",
+    "connection is closed",
+    "connection was closed",
+    "the database system is",
+    "terminating connection",
+    "server closed the connection",
+    "connection refused",
+    "disk i/o error",
+    "unable to open database file",
+)
 REPORT_EVERY_S = 30.0
 
 
@@ -65,8 +73,14 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(item, sa_exc.DBAPIError) and item.connection_invalidated:
             return True
-        if type(item).__name__ in ("InterfaceError", "ConnectionDoesNotExistError", "CannotConnectNowError",
-                                   "ConnectionFailureError", "TooManyConnectionsError", "AdminShutdownError"):
+        if type(item).__name__ in (
+            "InterfaceError",
+            "ConnectionDoesNotExistError",
+            "CannotConnectNowError",
+            "ConnectionFailureError",
+            "TooManyConnectionsError",
+            "AdminShutdownError",
+        ):
             return True
         state = _sqlstate(item)
         if state and (state.startswith(_TRANSIENT_SQLSTATE_PREFIXES) or state in _TRANSIENT_SQLSTATES):
@@ -103,12 +117,17 @@ class OutageLog:
         self.failures += 1
         if self.down_since is None:
             self.down_since = self._reported_at = now
-            self._log.warning("database unreachable (%s, while %s); work is kept and retried until it answers",
-                              describe(exc), what)
+            self._log.warning(
+                "database unreachable (%s, while %s); work is kept and retried until it answers", describe(exc), what
+            )
         elif now - self._reported_at >= self._report_every_s:
             self._reported_at = now
-            self._log.warning("database still unreachable after %.0f s (%d failed attempts; last: %s)",
-                              now - self.down_since, self.failures, describe(exc))
+            self._log.warning(
+                "database still unreachable after %.0f s (%d failed attempts; last: %s)",
+                now - self.down_since,
+                self.failures,
+                describe(exc),
+            )
 
     def report(self, exc: BaseException, what: str, logger: logging.Logger) -> None:
         """A loop's step failed: an outage goes to the outage log, anything else with its traceback."""
@@ -120,6 +139,9 @@ class OutageLog:
     def recovered(self) -> None:
         if self.down_since is None:
             return
-        self._log.warning("database reachable again after %.1f s (%d failed attempts)",
-                          time.monotonic() - self.down_since, self.failures)
+        self._log.warning(
+            "database reachable again after %.1f s (%d failed attempts)",
+            time.monotonic() - self.down_since,
+            self.failures,
+        )
         self.down_since, self.failures = None, 0

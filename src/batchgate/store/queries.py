@@ -157,10 +157,12 @@ class Store:
     async def gateway_secret(self, name: str) -> bytes:
         """A random secret shared by every server of this database, made by whichever asks first."""
         async with self.engine.begin() as conn:
-            await conn.execute(_insert_ignore(self.dialect, gateway_secrets).values(
-                name=name, value=secrets.token_hex(32)))
-            value = (await conn.execute(select(gateway_secrets.c.value).where(
-                gateway_secrets.c.name == name))).scalar_one()
+            await conn.execute(
+                _insert_ignore(self.dialect, gateway_secrets).values(name=name, value=secrets.token_hex(32))
+            )
+            value = (
+                await conn.execute(select(gateway_secrets.c.value).where(gateway_secrets.c.name == name))
+            ).scalar_one()
         return bytes.fromhex(value)
 
     # ---------------------------------------------------------------- teams and keys
@@ -202,8 +204,9 @@ class Store:
             return list((await conn.execute(query.order_by(api_keys.c.id))).mappings())
 
     async def revoke_key(self, key_id: str, now: int) -> bool:
-        statement = update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(
-            revoked_at=now)
+        statement = (
+            update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=now)
+        )
         async with self.engine.begin() as conn:
             return (await conn.execute(statement)).rowcount == 1
 
@@ -219,30 +222,40 @@ class Store:
         """Under a per-team lock held to the end of the caller's transaction: refuse what would pass
         the team's caps. SQLite has one connection for the process, so its transactions are serial."""
         if self.dialect == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                               {"key": _team_lock_key(quota.team_id)})
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _team_lock_key(quota.team_id)})
         if quota.max_queued_requests is not None and quota.team_id is not None:
             queued = await _queued_requests(conn, quota.team_id)
             if queued + quota.adding > quota.max_queued_requests:
                 raise QueueFull(queued, quota.max_queued_requests)
         if quota.max_open_batches is not None:
             owner = batches.c.team_id.is_(None) if quota.team_id is None else batches.c.team_id == quota.team_id
-            open_batches = (await conn.execute(select(func.count()).where(
-                owner, batches.c.status == BatchStatus.IN_PROGRESS, batches.c.sealed.is_(False)))).scalar_one()
+            open_batches = (
+                await conn.execute(
+                    select(func.count()).where(
+                        owner, batches.c.status == BatchStatus.IN_PROGRESS, batches.c.sealed.is_(False)
+                    )
+                )
+            ).scalar_one()
             if open_batches >= quota.max_open_batches:
                 raise TooManyOpenBatches(open_batches, quota.max_open_batches)
 
-    async def usage(self, *, team_id: str | None, key_id: str | None, since: int | None,
-                    batch_id: str | None = None) -> list[Row]:
+    async def usage(
+        self, *, team_id: str | None, key_id: str | None, since: int | None, batch_id: str | None = None
+    ) -> list[Row]:
         """Requests and tokens per team, key and model, from the batches' live counters."""
         query = (
-            select(batches.c.team_id, teams.c.name.label("team"), batches.c.create_api_key_id.label("key_id"),
-                   batches.c.model, func.count().label("batches"),
-                   # PostgreSQL sums BIGINTs as NUMERIC (Decimal); cast back so prices multiply as numbers
-                   func.sum(batches.c.completed).cast(BigInteger).label("completed"),
-                   func.sum(batches.c.failed).cast(BigInteger).label("failed"),
-                   func.sum(batches.c.input_tokens).cast(BigInteger).label("input_tokens"),
-                   func.sum(batches.c.output_tokens).cast(BigInteger).label("output_tokens"))
+            select(
+                batches.c.team_id,
+                teams.c.name.label("team"),
+                batches.c.create_api_key_id.label("key_id"),
+                batches.c.model,
+                func.count().label("batches"),
+                # PostgreSQL sums BIGINTs as NUMERIC (Decimal); cast back so prices multiply as numbers
+                func.sum(batches.c.completed).cast(BigInteger).label("completed"),
+                func.sum(batches.c.failed).cast(BigInteger).label("failed"),
+                func.sum(batches.c.input_tokens).cast(BigInteger).label("input_tokens"),
+                func.sum(batches.c.output_tokens).cast(BigInteger).label("output_tokens"),
+            )
             .select_from(batches.outerjoin(teams, teams.c.id == batches.c.team_id))
             .group_by(batches.c.team_id, teams.c.name, batches.c.create_api_key_id, batches.c.model)
             .order_by(teams.c.name, batches.c.create_api_key_id, batches.c.model)
@@ -269,8 +282,9 @@ class Store:
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).mappings().first()
 
-    async def list_files(self, *, now: int, after: str | None, limit: int, order: str,
-                         purpose: str | None, team_id: str | None = None) -> list[Row]:
+    async def list_files(
+        self, *, now: int, after: str | None, limit: int, order: str, purpose: str | None, team_id: str | None = None
+    ) -> list[Row]:
         query = select(files).where(_not_expired(now))
         query = _for_team(query, files, team_id)
         if purpose:
@@ -287,8 +301,9 @@ class Store:
 
     async def expired_file_ids(self, now: int, limit: int = 500) -> list[str]:
         """Expired files no unfinished batch still reads."""
-        in_use = select(batches.c.input_file_id).where(batches.c.status.in_(ACTIVE),
-                                                       batches.c.input_file_id.is_not(None))
+        in_use = select(batches.c.input_file_id).where(
+            batches.c.status.in_(ACTIVE), batches.c.input_file_id.is_not(None)
+        )
         query = select(files.c.id).where(files.c.expires_at <= now, files.c.id.not_in(in_use)).limit(limit)
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).scalars())
@@ -323,8 +338,7 @@ class Store:
         async with self.engine.connect() as conn:
             return set((await conn.execute(query)).scalars())
 
-    async def transition(self, batch_id: str, from_statuses: Sequence[str], to_status: str,
-                         **values: Any) -> bool:
+    async def transition(self, batch_id: str, from_statuses: Sequence[str], to_status: str, **values: Any) -> bool:
         """Move a batch between statuses atomically; False if it was no longer in `from_statuses`.
         Called only by engine/transitions.py, which names every change."""
         statement = (
@@ -335,8 +349,14 @@ class Store:
         async with self.engine.begin() as conn:
             return (await conn.execute(statement)).rowcount == 1
 
-    async def finish_batch(self, batch_id: str, from_statuses: Sequence[str], to_status: str,
-                           new_files: list[dict[str, Any]], **values: Any) -> bool:
+    async def finish_batch(
+        self,
+        batch_id: str,
+        from_statuses: Sequence[str],
+        to_status: str,
+        new_files: list[dict[str, Any]],
+        **values: Any,
+    ) -> bool:
         """Record output/error files and the final status in one transaction, exactly once."""
         async with self.engine.begin() as conn:
             moved = await conn.execute(
@@ -362,8 +382,9 @@ class Store:
             await conn.execute(delete(requests).where(requests.c.batch_id == batch_id))
             await conn.execute(delete(results).where(results.c.batch_id == batch_id))
 
-    async def claim(self, batch_id: str, owner: str, limit: int, now: float, lease_until: float
-                    ) -> list[ClaimedRequest]:
+    async def claim(
+        self, batch_id: str, owner: str, limit: int, now: float, lease_until: float
+    ) -> list[ClaimedRequest]:
         """Lease up to `limit` ready rows of one batch, in line order."""
         lock = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
         statement = text(
@@ -373,7 +394,7 @@ class Store:
             " WHERE batch_id = :batch_id AND line_no IN ("
             f"  SELECT line_no FROM requests WHERE batch_id = :batch_id AND state = '{RequestState.PENDING}'"
             f"  AND next_attempt_at <= :now ORDER BY line_no LIMIT :limit{lock})"
-            " RETURNING line_no, custom_id, \"offset\", length, attempts, blob_key"
+            ' RETURNING line_no, custom_id, "offset", length, attempts, blob_key'
         )
         params = {"owner": owner, "lease_until": lease_until, "batch_id": batch_id, "now": now, "limit": limit}
         async with self.engine.begin() as conn:
@@ -384,8 +405,11 @@ class Store:
         """Take a validating batch for this worker, unless another holds a live lease on it."""
         statement = (
             update(batches)
-            .where(batches.c.id == batch_id, batches.c.status == BatchStatus.VALIDATING,
-                   or_(batches.c.lease_owner.is_(None), batches.c.lease_owner == owner, batches.c.lease_until < now))
+            .where(
+                batches.c.id == batch_id,
+                batches.c.status == BatchStatus.VALIDATING,
+                or_(batches.c.lease_owner.is_(None), batches.c.lease_owner == owner, batches.c.lease_until < now),
+            )
             .values(lease_owner=owner, lease_until=lease_until)
         )
         async with self.engine.begin() as conn:
@@ -398,20 +422,27 @@ class Store:
             for chunk in _chunks(line_nos, 500):
                 await conn.execute(
                     update(requests)
-                    .where(requests.c.batch_id == batch_id, requests.c.line_no.in_(chunk),
-                           requests.c.state == RequestState.RUNNING)
+                    .where(
+                        requests.c.batch_id == batch_id,
+                        requests.c.line_no.in_(chunk),
+                        requests.c.state == RequestState.RUNNING,
+                    )
                     .values(state=RequestState.PENDING, lease_owner=None, lease_until=None, next_attempt_at=retry_at)
                 )
 
     async def extend_leases(self, owner: str, lease_until: float) -> None:
         """Heartbeat: this worker still holds its running rows and the batches it validates."""
         async with self.engine.begin() as conn:
-            await conn.execute(update(requests)
-                               .where(requests.c.state == RequestState.RUNNING, requests.c.lease_owner == owner)
-                               .values(lease_until=lease_until))
-            await conn.execute(update(batches)
-                               .where(batches.c.status == BatchStatus.VALIDATING, batches.c.lease_owner == owner)
-                               .values(lease_until=lease_until))
+            await conn.execute(
+                update(requests)
+                .where(requests.c.state == RequestState.RUNNING, requests.c.lease_owner == owner)
+                .values(lease_until=lease_until)
+            )
+            await conn.execute(
+                update(batches)
+                .where(batches.c.status == BatchStatus.VALIDATING, batches.c.lease_owner == owner)
+                .values(lease_until=lease_until)
+            )
 
     async def release_expired_leases(self, now: float) -> int:
         """Hand rows whose worker vanished back to the queue."""
@@ -438,7 +469,11 @@ class Store:
 
     # ---------------------------------------------------------------- capacity (scale-out)
     async def renew_capacity(
-        self, owner: str, now: float, lease_until: float, deployments: Sequence[str],
+        self,
+        owner: str,
+        now: float,
+        lease_until: float,
+        deployments: Sequence[str],
         decide: Callable[[dict[str, list[CapacityLease]]], list[CapacityLease]],
     ) -> list[CapacityLease]:
         """One serialised transaction: drop leases of vanished workers, show `decide` the other
@@ -447,23 +482,47 @@ class Store:
             if self.dialect == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CAPACITY_LOCK_KEY})
             await conn.execute(delete(capacity_leases).where(capacity_leases.c.lease_until < now))
-            rows = (await conn.execute(
-                select(capacity_leases).where(capacity_leases.c.deployment.in_(list(deployments)),
-                                              capacity_leases.c.owner != owner)
-            )).mappings().all()
+            rows = (
+                (
+                    await conn.execute(
+                        select(capacity_leases).where(
+                            capacity_leases.c.deployment.in_(list(deployments)), capacity_leases.c.owner != owner
+                        )
+                    )
+                )
+                .mappings()
+                .all()
+            )
             others: dict[str, list[CapacityLease]] = {name: [] for name in deployments}
             for row in rows:
-                others[row["deployment"]].append(CapacityLease(row["deployment"], row["owner"], row["slots"],
-                                                               row["rate_share"], row["demand"], row["wants_rate"]))
+                others[row["deployment"]].append(
+                    CapacityLease(
+                        row["deployment"],
+                        row["owner"],
+                        row["slots"],
+                        row["rate_share"],
+                        row["demand"],
+                        row["wants_rate"],
+                    )
+                )
             mine = decide(others)
             await conn.execute(delete(capacity_leases).where(capacity_leases.c.owner == owner))
             if mine:
-                await conn.execute(insert(capacity_leases), [
-                    {"deployment": lease.deployment, "owner": owner, "slots": lease.slots,
-                     "rate_share": lease.rate_share, "demand": lease.demand, "wants_rate": lease.wants_rate,
-                     "lease_until": lease_until}
-                    for lease in mine
-                ])
+                await conn.execute(
+                    insert(capacity_leases),
+                    [
+                        {
+                            "deployment": lease.deployment,
+                            "owner": owner,
+                            "slots": lease.slots,
+                            "rate_share": lease.rate_share,
+                            "demand": lease.demand,
+                            "wants_rate": lease.wants_rate,
+                            "lease_until": lease_until,
+                        }
+                        for lease in mine
+                    ],
+                )
         return mine
 
     async def take_key_token(self, key_id: str, rpm: int) -> float:
@@ -503,58 +562,87 @@ class Store:
             await conn.execute(_MARK_DONE, [{"b_id": f.batch_id, "b_line": f.line_no} for f in by_key.values()])
             deltas = _counter_deltas(inserted)
             if deltas:
-                await conn.execute(_BUMP_COUNTERS, [{"b_id": batch_id, **{f"d_{k}": v for k, v in d.items()}}
-                                                    for batch_id, d in deltas.items()])
+                await conn.execute(
+                    _BUMP_COUNTERS,
+                    [{"b_id": batch_id, **{f"d_{k}": v for k, v in d.items()}} for batch_id, d in deltas.items()],
+                )
         return len(inserted)
 
-    async def terminate_unfinished(self, batch_id: str, states: Sequence[str], error_code: str,
-                                   message: str, now: float) -> int:
+    async def terminate_unfinished(
+        self, batch_id: str, states: Sequence[str], error_code: str, message: str, now: float
+    ) -> int:
         """Give every unfinished row of a batch an error result (expiry, cancellation)."""
         async with self.engine.begin() as conn:
             await self._serialise_result_writes(conn)
-            rows = (await conn.execute(
-                select(requests.c.line_no, requests.c.custom_id)
-                .where(requests.c.batch_id == batch_id, requests.c.state.in_(states))
-            )).all()
+            rows = (
+                await conn.execute(
+                    select(requests.c.line_no, requests.c.custom_id).where(
+                        requests.c.batch_id == batch_id, requests.c.state.in_(states)
+                    )
+                )
+            ).all()
             count = 0
             for chunk in _chunks(rows, 400):
                 statement = (
                     _insert_ignore(self.dialect, results)
-                    .values([
-                        {"batch_id": batch_id, "line_no": line_no, "custom_id": custom_id, "ok": False,
-                         "status_code": None, "upstream_request_id": None, "body": None,
-                         "error_code": error_code, "error_message": message, "finished_at": now,
-                         "input_tokens": 0, "output_tokens": 0}
-                        for line_no, custom_id in chunk
-                    ])
+                    .values(
+                        [
+                            {
+                                "batch_id": batch_id,
+                                "line_no": line_no,
+                                "custom_id": custom_id,
+                                "ok": False,
+                                "status_code": None,
+                                "upstream_request_id": None,
+                                "body": None,
+                                "error_code": error_code,
+                                "error_message": message,
+                                "finished_at": now,
+                                "input_tokens": 0,
+                                "output_tokens": 0,
+                            }
+                            for line_no, custom_id in chunk
+                        ]
+                    )
                     .returning(results.c.line_no)
                 )
                 count += len((await conn.execute(statement)).all())
             await conn.execute(
-                update(requests).where(requests.c.batch_id == batch_id, requests.c.state.in_(states))
+                update(requests)
+                .where(requests.c.batch_id == batch_id, requests.c.state.in_(states))
                 .values(state=RequestState.DONE, lease_owner=None, lease_until=None)
             )
             if count:
                 cancelled = count if error_code == "batch_cancelled" else 0
                 await conn.execute(
-                    update(batches).where(batches.c.id == batch_id)
+                    update(batches)
+                    .where(batches.c.id == batch_id)
                     .values(failed=batches.c.failed + count, cancelled=batches.c.cancelled + cancelled)
                 )
         return count
 
-    def iter_results(self, batch_id: str, *, after_line: int = 0, ok: bool | None = None,
-                     max_bytes: int = RESULT_PAGE_BYTES) -> AsyncIterator[Row]:
+    def iter_results(
+        self, batch_id: str, *, after_line: int = 0, ok: bool | None = None, max_bytes: int = RESULT_PAGE_BYTES
+    ) -> AsyncIterator[Row]:
         """Every result of a batch in line order, read in pages bounded by rows and by answer bytes."""
         return self._iter_results(batch_id, results.c.line_no, after_line, None, ok, max_bytes)
 
-    def iter_results_by_seq(self, batch_id: str, *, after_seq: int = 0, limit: int | None = None,
-                            ok: bool | None = None, max_bytes: int = RESULT_PAGE_BYTES) -> AsyncIterator[Row]:
+    def iter_results_by_seq(
+        self,
+        batch_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        ok: bool | None = None,
+        max_bytes: int = RESULT_PAGE_BYTES,
+    ) -> AsyncIterator[Row]:
         """Results in the order they were stored, each with its request's endpoint: a cursor on `seq`
         never skips or repeats one."""
         return self._iter_results(batch_id, results.c.seq, after_seq, limit, ok, max_bytes)
 
-    async def _iter_results(self, batch_id: str, key: Any, after: int, limit: int | None, ok: bool | None,
-                            max_bytes: int) -> AsyncIterator[Row]:
+    async def _iter_results(
+        self, batch_id: str, key: Any, after: int, limit: int | None, ok: bool | None, max_bytes: int
+    ) -> AsyncIterator[Row]:
         """Sizes first (a cheap index walk), then the rows in groups of at most `max_bytes` of bodies
         (a larger body comes alone): memory is bounded by a constant, not by the answers' sizes."""
         where = [results.c.batch_id == batch_id]
@@ -563,17 +651,27 @@ class Store:
         left = limit
         while left is None or left > 0:
             page = RESULT_PAGE_ROWS if left is None else min(left, RESULT_PAGE_ROWS)
-            sizes_query = (select(key, func.coalesce(func.length(results.c.body), 0))
-                           .where(*where, key > after).order_by(key).limit(page))
+            sizes_query = (
+                select(key, func.coalesce(func.length(results.c.body), 0))
+                .where(*where, key > after)
+                .order_by(key)
+                .limit(page)
+            )
             async with self.engine.connect() as conn:
                 sizes = (await conn.execute(sizes_query)).all()
             if not sizes:
                 return
             for first, last in _groups_by_size(sizes, max_bytes):
-                query = (select(results, requests.c.endpoint)
-                         .join(requests, and_(requests.c.batch_id == results.c.batch_id,
-                                              requests.c.line_no == results.c.line_no), isouter=True)
-                         .where(*where, key >= first, key <= last).order_by(key))
+                query = (
+                    select(results, requests.c.endpoint)
+                    .join(
+                        requests,
+                        and_(requests.c.batch_id == results.c.batch_id, requests.c.line_no == results.c.line_no),
+                        isouter=True,
+                    )
+                    .where(*where, key >= first, key <= last)
+                    .order_by(key)
+                )
                 async with self.engine.connect() as conn:
                     rows = list((await conn.execute(query)).mappings())
                 rows.reverse()
@@ -589,26 +687,44 @@ class Store:
         """Blobs something points at: file rows and the segments of requests added to open batches."""
         async with self.engine.connect() as conn:
             keys = set((await conn.execute(select(files.c.id))).scalars())
-            keys |= set((await conn.execute(select(requests.c.blob_key).where(
-                requests.c.blob_key.is_not(None)).distinct())).scalars())
+            keys |= set(
+                (
+                    await conn.execute(select(requests.c.blob_key).where(requests.c.blob_key.is_not(None)).distinct())
+                ).scalars()
+            )
         return keys
 
     async def segment_keys(self, batch_id: str) -> list[str]:
         """Blobs holding requests added to an open batch (not its input file)."""
-        query = select(requests.c.blob_key).where(requests.c.batch_id == batch_id,
-                                                   requests.c.blob_key.is_not(None)).distinct()
+        query = (
+            select(requests.c.blob_key)
+            .where(requests.c.batch_id == batch_id, requests.c.blob_key.is_not(None))
+            .distinct()
+        )
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).scalars())
 
     async def request_page(self, batch_id: str, after_line: int, limit: int) -> list[Row]:
         """Requests in the order they were added, each with its result's outcome if it has one."""
         query = (
-            select(requests.c.line_no, requests.c.custom_id, requests.c.state, requests.c.endpoint,
-                   requests.c.created_at, results.c.ok, results.c.error_code, results.c.finished_at)
-            .join(results, and_(results.c.batch_id == requests.c.batch_id, results.c.line_no == requests.c.line_no),
-                  isouter=True)
+            select(
+                requests.c.line_no,
+                requests.c.custom_id,
+                requests.c.state,
+                requests.c.endpoint,
+                requests.c.created_at,
+                results.c.ok,
+                results.c.error_code,
+                results.c.finished_at,
+            )
+            .join(
+                results,
+                and_(results.c.batch_id == requests.c.batch_id, results.c.line_no == requests.c.line_no),
+                isouter=True,
+            )
             .where(requests.c.batch_id == batch_id, requests.c.line_no > after_line)
-            .order_by(requests.c.line_no).limit(limit)
+            .order_by(requests.c.line_no)
+            .limit(limit)
         )
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).mappings())
@@ -616,19 +732,26 @@ class Store:
     async def usage_by_endpoint(self, batch_id: str) -> list[Row]:
         """Requests answered and tokens used per endpoint (null endpoint: the batch's own)."""
         query = (
-            select(requests.c.endpoint, func.count().label("requests"),
-                   func.coalesce(func.sum(results.c.input_tokens), 0).label("input_tokens"),
-                   func.coalesce(func.sum(results.c.output_tokens), 0).label("output_tokens"))
-            .select_from(results.join(requests, and_(requests.c.batch_id == results.c.batch_id,
-                                                     requests.c.line_no == results.c.line_no)))
+            select(
+                requests.c.endpoint,
+                func.count().label("requests"),
+                func.coalesce(func.sum(results.c.input_tokens), 0).label("input_tokens"),
+                func.coalesce(func.sum(results.c.output_tokens), 0).label("output_tokens"),
+            )
+            .select_from(
+                results.join(
+                    requests, and_(requests.c.batch_id == results.c.batch_id, requests.c.line_no == results.c.line_no)
+                )
+            )
             .where(results.c.batch_id == batch_id, results.c.status_code.is_not(None))
             .group_by(requests.c.endpoint)
         )
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).mappings())
 
-    async def append_requests(self, batch_id: str, rows: list[dict[str, Any]], model: str, max_total: int,
-                              quota: Quota | None = None) -> int:
+    async def append_requests(
+        self, batch_id: str, rows: list[dict[str, Any]], model: str, max_total: int, quota: Quota | None = None
+    ) -> int:
         """Add requests to an open batch, all or nothing; returns the new total.
 
         Line numbers continue from the batch's total, taken under the batch row's lock, so
@@ -638,9 +761,9 @@ class Store:
         async with self.engine.begin() as conn:
             if quota is not None:  # the team's lock first, then the batch's: the order every writer takes
                 await self._check_quota(conn, quota)
-            query = select(batches.c.status, batches.c.sealed, batches.c.total, batches.c.model,
-                           batches.c.expires_at).where(
-                batches.c.id == batch_id)
+            query = select(
+                batches.c.status, batches.c.sealed, batches.c.total, batches.c.model, batches.c.expires_at
+            ).where(batches.c.id == batch_id)
             batch = (await conn.execute(query.with_for_update() if lock else query)).first()
             running = batch is not None and batch.status == BatchStatus.IN_PROGRESS
             if batch is None or batch.sealed or not running or batch.expires_at <= time.time():
@@ -653,8 +776,17 @@ class Store:
             ids = [r["custom_id"] for r in rows]
             taken: list[str] = []
             for chunk in _chunks(ids, 500):
-                taken += (await conn.execute(select(requests.c.custom_id).where(
-                    requests.c.batch_id == batch_id, requests.c.custom_id.in_(chunk)))).scalars().all()
+                taken += (
+                    (
+                        await conn.execute(
+                            select(requests.c.custom_id).where(
+                                requests.c.batch_id == batch_id, requests.c.custom_id.in_(chunk)
+                            )
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
             if taken:
                 raise DuplicateRequestIds(taken)
             numbered = [{**row, "batch_id": batch_id, "line_no": batch.total + i + 1} for i, row in enumerate(rows)]
@@ -664,11 +796,11 @@ class Store:
         return total
 
 
-
 async def _queued_requests(conn: Any, team_id: str) -> int:
     """Requests of a team's unfinished batches that have no result yet (plus files still validating)."""
     query = select(func.coalesce(func.sum(batches.c.total - batches.c.completed - batches.c.failed), 0)).where(
-        batches.c.team_id == team_id, batches.c.status.in_(ACTIVE))
+        batches.c.team_id == team_id, batches.c.status.in_(ACTIVE)
+    )
     validating = (
         select(func.coalesce(func.sum(files.c.lines), 0))
         .select_from(batches.join(files, files.c.id == batches.c.input_file_id))
@@ -704,21 +836,34 @@ def _insert_ignore(dialect: str, table: Any) -> Any:
 
 def _result_row(f: FinishedRequest) -> dict[str, Any]:
     return {
-        "batch_id": f.batch_id, "line_no": f.line_no, "custom_id": f.custom_id, "ok": f.ok,
-        "status_code": f.status_code, "upstream_request_id": f.upstream_request_id, "body": f.body,
-        "error_code": f.error_code, "error_message": f.error_message, "finished_at": f.finished_at,
-        "input_tokens": f.input_tokens, "output_tokens": f.output_tokens,
+        "batch_id": f.batch_id,
+        "line_no": f.line_no,
+        "custom_id": f.custom_id,
+        "ok": f.ok,
+        "status_code": f.status_code,
+        "upstream_request_id": f.upstream_request_id,
+        "body": f.body,
+        "error_code": f.error_code,
+        "error_message": f.error_message,
+        "finished_at": f.finished_at,
+        "input_tokens": f.input_tokens,
+        "output_tokens": f.output_tokens,
     }
 
 
 # The group commit's statements, built once: constructing Core expressions on every flush (one per
 # batch with results in it) cost more than running them.
 _COUNTERS = ("completed", "failed", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
-_MARK_DONE = (update(requests)
-              .where(requests.c.batch_id == bindparam("b_id"), requests.c.line_no == bindparam("b_line"))
-              .values(state=RequestState.DONE, lease_owner=None, lease_until=None))
-_BUMP_COUNTERS = (update(batches).where(batches.c.id == bindparam("b_id"))
-                  .values({getattr(batches.c, k): getattr(batches.c, k) + bindparam(f"d_{k}") for k in _COUNTERS}))
+_MARK_DONE = (
+    update(requests)
+    .where(requests.c.batch_id == bindparam("b_id"), requests.c.line_no == bindparam("b_line"))
+    .values(state=RequestState.DONE, lease_owner=None, lease_until=None)
+)
+_BUMP_COUNTERS = (
+    update(batches)
+    .where(batches.c.id == bindparam("b_id"))
+    .values({getattr(batches.c, k): getattr(batches.c, k) + bindparam(f"d_{k}") for k in _COUNTERS})
+)
 
 
 def _counter_deltas(inserted: Iterable[FinishedRequest]) -> dict[str, dict[str, int]]:
@@ -737,7 +882,7 @@ def _counter_deltas(inserted: Iterable[FinishedRequest]) -> dict[str, dict[str, 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _not_expired(now: int) -> Any:
@@ -751,9 +896,16 @@ def _for_team(query: Any, table: Any, team_id: str | None) -> Any:
 
 # ---------------------------------------------------------------- the web console (api/console.py)
 # Module-level so they sit apart from the engine's queries above; each takes the Store.
-async def console_batch_page(store: Store, *, team_id: str | None, after: str | None, limit: int,
-                             status: str | None = None, model: str | None = None,
-                             metadata_contains: str | None = None) -> list[Row]:
+async def console_batch_page(
+    store: Store,
+    *,
+    team_id: str | None,
+    after: str | None,
+    limit: int,
+    status: str | None = None,
+    model: str | None = None,
+    metadata_contains: str | None = None,
+) -> list[Row]:
     """Batches newest first, filtered, after the id `after`: one walk down the id (or team, id) index
     that stops at `limit` matches, so a page costs the rows walked to fill it (a rare filter walks
     the team's whole history; measured in README). `metadata_contains` is a substring of the
@@ -773,15 +925,27 @@ async def console_batch_page(store: Store, *, team_id: str | None, after: str | 
         return list((await conn.execute(query)).mappings())
 
 
-async def console_request_page(store: Store, batch_id: str, *, after_line: int, limit: int,
-                               state: str | None = None) -> list[Row]:
+async def console_request_page(
+    store: Store, batch_id: str, *, after_line: int, limit: int, state: str | None = None
+) -> list[Row]:
     """A batch's requests in line order with their attempts and, once finished, their result's outcome."""
     query = (
-        select(requests.c.line_no, requests.c.custom_id, requests.c.state, requests.c.attempts,
-               requests.c.next_attempt_at, results.c.ok, results.c.status_code, results.c.error_code,
-               results.c.finished_at)
-        .join(results, and_(results.c.batch_id == requests.c.batch_id, results.c.line_no == requests.c.line_no),
-              isouter=True)
+        select(
+            requests.c.line_no,
+            requests.c.custom_id,
+            requests.c.state,
+            requests.c.attempts,
+            requests.c.next_attempt_at,
+            results.c.ok,
+            results.c.status_code,
+            results.c.error_code,
+            results.c.finished_at,
+        )
+        .join(
+            results,
+            and_(results.c.batch_id == requests.c.batch_id, results.c.line_no == requests.c.line_no),
+            isouter=True,
+        )
         .where(requests.c.batch_id == batch_id, requests.c.line_no > after_line)
     )
     if state:
@@ -790,8 +954,9 @@ async def console_request_page(store: Store, batch_id: str, *, after_line: int, 
         return list((await conn.execute(query.order_by(requests.c.line_no).limit(limit))).mappings())
 
 
-async def console_result(store: Store, batch_id: str, *, line_no: int | None = None,
-                         custom_id: str | None = None) -> Row | None:
+async def console_result(
+    store: Store, batch_id: str, *, line_no: int | None = None, custom_id: str | None = None
+) -> Row | None:
     """One request's stored result, by line number or custom_id (None: no such request, or not finished)."""
     if custom_id is not None:  # through requests' unique (batch_id, custom_id) index
         line = select(requests.c.line_no).where(requests.c.batch_id == batch_id, requests.c.custom_id == custom_id)
@@ -805,8 +970,7 @@ async def console_result(store: Store, batch_id: str, *, line_no: int | None = N
 # The bucket refilled to `now` (capped at rpm), then a token taken if one is whole. In an UPDATE every
 # SET expression sees the row as it was, so `refilled` is written out where it is needed.
 # `greatest`: a take that read the clock first may commit second; time never runs backwards here.
-_REFILLED = ("least(CAST(:rpm AS float8),"
-             " b.tokens + greatest(excluded.updated - b.updated, 0) * CAST(:rate AS float8))")
+_REFILLED = "least(CAST(:rpm AS float8), b.tokens + greatest(excluded.updated - b.updated, 0) * CAST(:rate AS float8))"
 _TAKE_KEY_TOKEN = text(f"""
     INSERT INTO key_rate_buckets AS b (key_id, tokens, updated, granted)
     VALUES (:key_id, CAST(:rpm AS float8) - 1, extract(epoch from clock_timestamp())::float8, true)
@@ -832,7 +996,8 @@ async def publish_activity(store: Store, owner: str, rows: list[dict[str, Any]],
         statement = insert_(deployment_minutes)
         statement = statement.on_conflict_do_update(
             index_elements=["owner", "deployment", "minute"],
-            set_={name: statement.excluded[name] for name in ACTIVITY_COLUMNS})
+            set_={name: statement.excluded[name] for name in ACTIVITY_COLUMNS},
+        )
         await conn.execute(statement, [{"owner": owner, **row} for row in rows])
 
 

@@ -18,11 +18,37 @@ import orjson
 from batchgate.upstreams.base import UpstreamReply, error_body
 
 DEFAULT_MAX_TOKENS = 256
-_CHAT_ARGS = ("messages", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed",
-              "presence_penalty", "frequency_penalty", "repeat_penalty", "response_format",
-              "logit_bias", "min_p")
-_COMPLETION_ARGS = ("prompt", "suffix", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed",
-                    "presence_penalty", "frequency_penalty", "repeat_penalty", "echo", "logit_bias", "min_p")
+_CHAT_ARGS = (
+    "messages",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "response_format",
+    "logit_bias",
+    "min_p",
+)
+_COMPLETION_ARGS = (
+    "prompt",
+    "suffix",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "echo",
+    "logit_bias",
+    "min_p",
+)
 
 
 def bundled_model_path() -> str:
@@ -51,8 +77,9 @@ class LocalLlamaUpstream:
         from llama_cpp import Llama  # imported lazily: only this provider needs the native library
 
         threads = max(1, (os.cpu_count() or 2) // self._instances)
-        return Llama(model_path=self._model_path or bundled_model_path(), n_ctx=self._n_ctx,
-                     n_threads=threads, verbose=False)
+        return Llama(
+            model_path=self._model_path or bundled_model_path(), n_ctx=self._n_ctx, n_threads=threads, verbose=False
+        )
 
     async def _acquire(self) -> Any:
         """Take a free instance, loading another (lazily, so start-up stays instant) while under the cap."""
@@ -65,22 +92,30 @@ class LocalLlamaUpstream:
 
     async def send(self, endpoint: str, body: dict[str, Any], timeout_s: float) -> UpstreamReply:
         if endpoint not in ("/v1/chat/completions", "/v1/completions"):
-            return UpstreamReply(400, error_body(
-                f"the embedded local model serves /v1/chat/completions and /v1/completions, not {endpoint}",
-                "unsupported_endpoint"))
+            return UpstreamReply(
+                400,
+                error_body(
+                    f"the embedded local model serves /v1/chat/completions and /v1/completions, not {endpoint}",
+                    "unsupported_endpoint",
+                ),
+            )
         try:
             llm = await self._acquire()
         except Exception as exc:  # a missing or broken model file: the request cannot be served
-            return UpstreamReply(503, error_body(f"the local model could not be loaded: {exc}", "model_unavailable",
-                                                 "server_error"))
+            return UpstreamReply(
+                503, error_body(f"the local model could not be loaded: {exc}", "model_unavailable", "server_error")
+            )
         # The instance goes back to the pool only when its thread is really done, even after a timeout.
         call = asyncio.ensure_future(asyncio.to_thread(self._run, llm, endpoint, body))
         call.add_done_callback(lambda _: self._free.put_nowait(llm))
         try:
             answer = await asyncio.wait_for(asyncio.shield(call), timeout_s)
         except TimeoutError:
-            return UpstreamReply(None, error_code="request_timeout",
-                                 error_message=f"the local model did not answer within {timeout_s:g} s")
+            return UpstreamReply(
+                None,
+                error_code="request_timeout",
+                error_message=f"the local model did not answer within {timeout_s:g} s",
+            )
         except (ValueError, TypeError, KeyError) as exc:
             return UpstreamReply(400, error_body(f"the local model rejected the request: {exc}", "invalid_request"))
         except Exception as exc:  # llama.cpp failing internally is a server error, retried like any 500

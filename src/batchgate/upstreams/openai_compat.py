@@ -33,8 +33,15 @@ class ResponseTooLarge(Exception):
 
 
 class OpenAICompatUpstream:
-    def __init__(self, base_url: str, api_key: str | None, upstream_model: str, max_connections: int,
-                 name: str = "upstream", max_response_bytes: int = 33_554_432) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        upstream_model: str,
+        max_connections: int,
+        name: str = "upstream",
+        max_response_bytes: int = 33_554_432,
+    ) -> None:
         self._base_url = base_url.rstrip("/")
         self._model = upstream_model
         self._name = name
@@ -61,18 +68,24 @@ class OpenAICompatUpstream:
 
     def url_for(self, endpoint: str) -> str:
         # The endpoint is one of a fixed set (validated), so the host always comes from config.
-        path = endpoint[len("/v1"):] if endpoint.startswith("/v1/") else endpoint
+        path = endpoint[len("/v1") :] if endpoint.startswith("/v1/") else endpoint
         return self._base_url + path
 
     async def send(self, endpoint: str, body: dict[str, Any], timeout_s: float) -> UpstreamReply:
         payload = orjson.dumps({**without_steering(body), "model": self._model})
         try:
-            async with self._client().post(self.url_for(endpoint), data=payload, allow_redirects=False,
-                                           timeout=self._timeout(timeout_s)) as response:
+            async with self._client().post(
+                self.url_for(endpoint), data=payload, allow_redirects=False, timeout=self._timeout(timeout_s)
+            ) as response:
                 if 300 <= response.status < 400:
-                    return UpstreamReply(None, error_code="upstream_redirect", error_message=(
-                        f"deployment {self._name!r} answered {response.status} (a redirect); batchgate never "
-                        "follows redirects to an upstream"))
+                    return UpstreamReply(
+                        None,
+                        error_code="upstream_redirect",
+                        error_message=(
+                            f"deployment {self._name!r} answered {response.status} (a redirect); batchgate never "
+                            "follows redirects to an upstream"
+                        ),
+                    )
                 content = await self._read_capped(response)
                 return UpstreamReply(
                     status_code=response.status,
@@ -81,16 +94,25 @@ class OpenAICompatUpstream:
                     retry_after_s=parse_retry_after(response.headers.get("retry-after")),
                 )
         except ResponseTooLarge:
-            return UpstreamReply(None, error_code="response_too_large", error_message=(
-                f"deployment {self._name!r} answered with more than {self._max_response_bytes} bytes "
-                "(max_response_bytes); the answer was discarded"))
+            return UpstreamReply(
+                None,
+                error_code="response_too_large",
+                error_message=(
+                    f"deployment {self._name!r} answered with more than {self._max_response_bytes} bytes "
+                    "(max_response_bytes); the answer was discarded"
+                ),
+            )
         except TimeoutError:
-            return UpstreamReply(None, error_code="request_timeout",
-                                 error_message=f"the upstream did not answer within {timeout_s:g} s")
+            return UpstreamReply(
+                None, error_code="request_timeout", error_message=f"the upstream did not answer within {timeout_s:g} s"
+            )
         except (aiohttp.ClientError, OSError) as exc:
             self._log_unreachable(exc)
-            return UpstreamReply(None, error_code="upstream_unreachable",
-                                 error_message=f"upstream unreachable (deployment {self._name!r})")
+            return UpstreamReply(
+                None,
+                error_code="upstream_unreachable",
+                error_message=f"upstream unreachable (deployment {self._name!r})",
+            )
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_response_bytes

@@ -9,13 +9,35 @@ from __future__ import annotations
 
 from typing import Any
 
-STEERING_FIELDS = frozenset({
-    "api_base", "base_url", "api_key", "api_version", "api_type", "organization",
-    "extra_headers", "headers", "extra_query", "custom_llm_provider", "litellm_params", "user_config",
-    "azure_ad_token", "azure_endpoint", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-    "aws_region_name", "aws_profile_name", "vertex_project", "vertex_location", "vertex_credentials",
-    "proxy", "proxies", "http_client",
-})
+STEERING_FIELDS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "api_type",
+        "organization",
+        "extra_headers",
+        "headers",
+        "extra_query",
+        "custom_llm_provider",
+        "litellm_params",
+        "user_config",
+        "azure_ad_token",
+        "azure_endpoint",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "aws_region_name",
+        "aws_profile_name",
+        "vertex_project",
+        "vertex_location",
+        "vertex_credentials",
+        "proxy",
+        "proxies",
+        "http_client",
+    }
+)
 
 
 def without_steering(body: dict[str, Any]) -> dict[str, Any]:

@@ -23,19 +23,30 @@ from batchgate.gateway import Gateway
 from batchgate.store.queries import QueueFull, Quota, Row, TooManyOpenBatches
 
 
-async def create_batch_row(gateway: Gateway, principal: Principal, data: dict, *,
-                           header_metadata: dict[str, str] | None = None, job_name: str | None = None,
-                           pinned_deployment: str | None = None) -> Row:
+async def create_batch_row(
+    gateway: Gateway,
+    principal: Principal,
+    data: dict,
+    *,
+    header_metadata: dict[str, str] | None = None,
+    job_name: str | None = None,
+    pinned_deployment: str | None = None,
+) -> Row:
     """Validate the create parameters and store a new `validating` batch (the engine takes it from there)."""
     params = parse_batch_params(data)
     if header_metadata:  # TrueFoundry's x-tfy-metadata: header keys win, the key limit applies after
-        params = replace(params, metadata=parse_metadata({**(params.metadata or {}), **header_metadata},
-                                                                param=truefoundry.METADATA_HEADER))
+        params = replace(
+            params,
+            metadata=parse_metadata({**(params.metadata or {}), **header_metadata}, param=truefoundry.METADATA_HEADER),
+        )
     file, quota = await batch_input_file(gateway, principal, params.input_file_id)
     row = new_batch_row(params, team_id=principal.team_id, now=int(time.time()))
-    row.update(job_name=job_name, pinned_deployment=pinned_deployment or file["provider_name"],
-               create_api_key_id=principal.key_id,
-               allowed_models=orjson.dumps(list(principal.models)).decode() if principal.models is not None else None)
+    row.update(
+        job_name=job_name,
+        pinned_deployment=pinned_deployment or file["provider_name"],
+        create_api_key_id=principal.key_id,
+        allowed_models=orjson.dumps(list(principal.models)).decode() if principal.models is not None else None,
+    )
     await insert_within_quota(gateway, row, quota)
     gateway.notify()
     stored = await gateway.store.get_batch(row["id"])
@@ -50,8 +61,11 @@ async def batch_input_file(gateway: Gateway, principal: Principal, file_id: str)
     if file is None:
         raise NotFound(f"no such file: {file_id!r}", param="input_file_id", code="file_not_found")
     if file["purpose"] != "batch":
-        raise InvalidRequest(f"file {file['id']} has purpose {file['purpose']!r}; a batch input needs 'batch'",
-                             param="input_file_id", code="invalid_file_purpose")
+        raise InvalidRequest(
+            f"file {file['id']} has purpose {file['purpose']!r}; a batch input needs 'batch'",
+            param="input_file_id",
+            code="invalid_file_purpose",
+        )
     return file, await admission(gateway, principal, file["lines"] or 0)
 
 
@@ -63,21 +77,31 @@ async def admission(gateway: Gateway, principal: Principal, adding: int, *, open
         return Quota(None, adding=adding, max_open_batches=max_open)
     team = await gateway.store.team_by_id(principal.team_id)
     key = await gateway.store.get_key(principal.key_id) if principal.key_id else None
-    reason = await over_budget(gateway.store, gateway.settings, dict(team) if team else None,
-                               dict(key) if key else None)
+    reason = await over_budget(
+        gateway.store, gateway.settings, dict(team) if team else None, dict(key) if key else None
+    )
     if reason is not None:
         raise RateLimited(f"budget exceeded: {reason}; no new batches are accepted", code="budget_exceeded")
-    return Quota(principal.team_id, max_queued_requests=team["max_queued_requests"] if team else None,
-                 adding=adding, max_open_batches=max_open)
+    return Quota(
+        principal.team_id,
+        max_queued_requests=team["max_queued_requests"] if team else None,
+        adding=adding,
+        max_open_batches=max_open,
+    )
 
 
 def quota_error(exc: QueueFull | TooManyOpenBatches, quota: Quota) -> RateLimited:
     if isinstance(exc, TooManyOpenBatches):
-        return RateLimited(f"at most {exc.limit} open batches per team (limits.max_open_batches_per_team); "
-                           f"{exc.open_batches} are open: cancel one or let it expire",
-                           code="max_open_batches_exceeded")
-    return RateLimited(f"the team may queue {exc.limit} requests (max_queued_requests); {exc.queued} are queued and "
-                       f"this adds {quota.adding}", code="max_queued_requests_exceeded")
+        return RateLimited(
+            f"at most {exc.limit} open batches per team (limits.max_open_batches_per_team); "
+            f"{exc.open_batches} are open: cancel one or let it expire",
+            code="max_open_batches_exceeded",
+        )
+    return RateLimited(
+        f"the team may queue {exc.limit} requests (max_queued_requests); {exc.queued} are queued and "
+        f"this adds {quota.adding}",
+        code="max_queued_requests_exceeded",
+    )
 
 
 async def insert_within_quota(gateway: Gateway, row: dict, quota: Quota) -> None:
@@ -91,9 +115,14 @@ async def create_batch(request: Request) -> JSON:
     principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     data = await json_object(request)
-    row = await create_batch_row(gateway, principal, data, header_metadata=truefoundry.header_metadata(request),
-                                 job_name=truefoundry.job_name(data),
-                                 pinned_deployment=truefoundry.provider_name(request, gateway))
+    row = await create_batch_row(
+        gateway,
+        principal,
+        data,
+        header_metadata=truefoundry.header_metadata(request),
+        job_name=truefoundry.job_name(data),
+        pinned_deployment=truefoundry.provider_name(request, gateway),
+    )
     return JSON(batch_object(row))
 
 
@@ -101,8 +130,9 @@ async def list_batches(request: Request) -> JSON:
     principal = await authenticate(request)
     gateway: Gateway = request.app.state.gateway
     limit = int_param(request, "limit", 20, 1, 100)
-    rows = await gateway.store.list_batches(after=request.query_params.get("after") or None, limit=limit + 1,
-                                            team_id=principal.team_id)
+    rows = await gateway.store.list_batches(
+        after=request.query_params.get("after") or None, limit=limit + 1, team_id=principal.team_id
+    )
     return JSON(page([batch_object(r) for r in rows[:limit]], len(rows) > limit))
 
 
@@ -122,13 +152,17 @@ async def retrieve_batch(request: Request) -> JSON:
 async def request_cancel(gateway: Gateway, row: Row) -> Row:
     """Move a batch to `cancelling` (the engine finishes the job); 409 once it has ended."""
     if row["status"] in TERMINAL or row["status"] == BatchStatus.FINALIZING:
-        raise Conflict(f"batch {row['id']} is {row['status']} and can no longer be cancelled", param="batch_id",
-                       code="batch_not_cancellable")
+        raise Conflict(
+            f"batch {row['id']} is {row['status']} and can no longer be cancelled",
+            param="batch_id",
+            code="batch_not_cancellable",
+        )
     if row["status"] in CANCELLABLE:
         moved = await transitions.request_cancel(gateway.store, row["id"])
         if not moved:  # it finished meanwhile
-            raise Conflict(f"batch {row['id']} can no longer be cancelled", param="batch_id",
-                           code="batch_not_cancellable")
+            raise Conflict(
+                f"batch {row['id']} can no longer be cancelled", param="batch_id", code="batch_not_cancellable"
+            )
         gateway.notify()
     fresh = await gateway.store.get_batch(row["id"])
     assert fresh is not None

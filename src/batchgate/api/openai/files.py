@@ -44,11 +44,15 @@ def _expiry_seconds(fields: dict[str, str], purpose: str) -> int | None:
     if anchor is None and seconds is None:
         return DEFAULT_BATCH_EXPIRY_S if purpose == "batch" else None
     if anchor != "created_at":
-        raise InvalidRequest("expires_after[anchor] must be 'created_at'", param="expires_after[anchor]",
-                             code="invalid_parameter")
+        raise InvalidRequest(
+            "expires_after[anchor] must be 'created_at'", param="expires_after[anchor]", code="invalid_parameter"
+        )
     if seconds is None or not re.fullmatch(r"[0-9]{1,10}", seconds) or not MIN_EXPIRY_S <= int(seconds) <= MAX_EXPIRY_S:
-        raise InvalidRequest(f"expires_after[seconds] must be an integer between {MIN_EXPIRY_S} and {MAX_EXPIRY_S}",
-                             param="expires_after[seconds]", code="invalid_parameter")
+        raise InvalidRequest(
+            f"expires_after[seconds] must be an integer between {MIN_EXPIRY_S} and {MAX_EXPIRY_S}",
+            param="expires_after[seconds]",
+            code="invalid_parameter",
+        )
     return int(seconds)
 
 
@@ -63,10 +67,14 @@ def storage_error(exc: OSError) -> StorageError:
     cause = exc.strerror or str(exc) or type(exc).__name__
     log.warning("upload refused, the files storage failed: %s", exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError(f"the files storage is full ({cause}); the upload was not stored",
-                            status_code=507, code="storage_full")
-    return StorageError(f"the files storage cannot store uploads right now ({cause}); the upload was not stored",
-                        status_code=503, code="storage_unavailable")
+        return StorageError(
+            f"the files storage is full ({cause}); the upload was not stored", status_code=507, code="storage_full"
+        )
+    return StorageError(
+        f"the files storage cannot store uploads right now ({cause}); the upload was not stored",
+        status_code=503,
+        code="storage_unavailable",
+    )
 
 
 async def upload_file(request: Request) -> JSON:
@@ -75,8 +83,9 @@ async def upload_file(request: Request) -> JSON:
     pinned = truefoundry.provider_name(request, gateway)  # checked before a byte is stored
     file_id = ids.file_id()
     try:  # read_multipart aborts the blob on any error, so a failed write leaves nothing behind
-        upload = await read_multipart(request, "file", lambda: gateway.blobs.writer(file_id),
-                                      gateway.settings.limits.max_upload_bytes)
+        upload = await read_multipart(
+            request, "file", lambda: gateway.blobs.writer(file_id), gateway.settings.limits.max_upload_bytes
+        )
     except OSError as exc:
         raise storage_error(exc) from exc
     writer = upload.writer
@@ -85,11 +94,15 @@ async def upload_file(request: Request) -> JSON:
             raise InvalidRequest("missing required parameter 'file'", param="file", code="missing_required_parameter")
         purpose = upload.fields.get("purpose")
         if not purpose:
-            raise InvalidRequest("missing required parameter 'purpose'", param="purpose",
-                                 code="missing_required_parameter")
+            raise InvalidRequest(
+                "missing required parameter 'purpose'", param="purpose", code="missing_required_parameter"
+            )
         if purpose not in PURPOSES:
-            raise InvalidRequest(f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}", param="purpose",
-                                 code="invalid_parameter")
+            raise InvalidRequest(
+                f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}",
+                param="purpose",
+                code="invalid_parameter",
+            )
         expires_s = _expiry_seconds(upload.fields, purpose)
         try:
             sha = await writer.commit()
@@ -101,10 +114,16 @@ async def upload_file(request: Request) -> JSON:
         raise
     now = int(time.time())
     row = {
-        "id": file_id, "team_id": principal.team_id, "filename": safe_filename(upload.filename), "purpose": purpose,
-        "bytes": writer.size, "sha256": sha, "created_at": now,
+        "id": file_id,
+        "team_id": principal.team_id,
+        "filename": safe_filename(upload.filename),
+        "purpose": purpose,
+        "bytes": writer.size,
+        "sha256": sha,
+        "created_at": now,
         "expires_at": now + expires_s if expires_s else None,
-        "provider_name": pinned, "lines": writer.lines,
+        "provider_name": pinned,
+        "lines": writer.lines,
     }
     try:
         await gateway.store.insert_file(row)
@@ -123,10 +142,17 @@ async def list_files(request: Request) -> JSON:
     order = choice_param(request, "order", "desc", ("asc", "desc"))
     purpose = request.query_params.get("purpose") or None
     if purpose is not None and purpose not in LISTABLE_PURPOSES:
-        raise InvalidRequest(f"'purpose' must be one of {', '.join(LISTABLE_PURPOSES)}", param="purpose",
-                             code="invalid_parameter")
-    rows = await gateway.store.list_files(now=int(time.time()), after=request.query_params.get("after") or None,
-                                          limit=limit + 1, order=order, purpose=purpose, team_id=principal.team_id)
+        raise InvalidRequest(
+            f"'purpose' must be one of {', '.join(LISTABLE_PURPOSES)}", param="purpose", code="invalid_parameter"
+        )
+    rows = await gateway.store.list_files(
+        now=int(time.time()),
+        after=request.query_params.get("after") or None,
+        limit=limit + 1,
+        order=order,
+        purpose=purpose,
+        team_id=principal.team_id,
+    )
     return JSON(page([file_object(r) for r in rows[:limit]], len(rows) > limit))
 
 
@@ -148,8 +174,11 @@ async def retrieve_file(request: Request) -> JSON:
 async def delete_file(request: Request) -> JSON:
     gateway, row = await _visible_file(request)
     if row["id"] in await gateway.store.input_files_in_use():
-        raise Conflict(f"file {row['id']} is the input of a batch that is still running; cancel it or wait",
-                       param="file_id", code="file_in_use")
+        raise Conflict(
+            f"file {row['id']} is the input of a batch that is still running; cancel it or wait",
+            param="file_id",
+            code="file_in_use",
+        )
     await gateway.store.delete_file(row["id"])
     await gateway.blobs.delete(row["id"])
     return JSON({"id": row["id"], "object": "file", "deleted": True})
@@ -165,12 +194,19 @@ async def file_content(request: Request) -> StreamingResponse:
     if stored != row["bytes"]:
         found = "missing" if stored is None else f"{stored} bytes, not the {row['bytes']} uploaded"
         log.error("the stored content of %s is damaged: %s", row["id"], found)
-        raise StorageError(f"the stored content of {row['id']} is damaged ({found}); it cannot be served",
-                           param="file_id", code="file_corrupted", status_code=500)
+        raise StorageError(
+            f"the stored content of {row['id']} is damaged ({found}); it cannot be served",
+            param="file_id",
+            code="file_corrupted",
+            status_code=500,
+        )
     return StreamingResponse(
-        gateway.blobs.iter_chunks(row["id"]), media_type="application/octet-stream",
-        headers={"content-length": str(row["bytes"]),
-                 "content-disposition": f'attachment; filename="{row["id"]}.jsonl"'},
+        gateway.blobs.iter_chunks(row["id"]),
+        media_type="application/octet-stream",
+        headers={
+            "content-length": str(row["bytes"]),
+            "content-disposition": f'attachment; filename="{row["id"]}.jsonl"',
+        },
     )
 
 

@@ -35,16 +35,18 @@ class _Part:
         self.value = bytearray()
 
 
-async def read_multipart(request: Request, file_field: str, open_writer: Callable[[], Awaitable[BlobWriter]],
-                         max_file_bytes: int) -> Upload:
+async def read_multipart(
+    request: Request, file_field: str, open_writer: Callable[[], Awaitable[BlobWriter]], max_file_bytes: int
+) -> Upload:
     """Parse the body; the part named `file_field` is streamed into a new blob."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise InvalidRequest("the request must be multipart/form-data with a file part", param=file_field)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_file_bytes + MAX_FIELD_BYTES * MAX_PARTS:
-        raise PayloadTooLarge(f"the upload is larger than the {max_file_bytes}-byte limit", param=file_field,
-                              code="file_too_large")
+        raise PayloadTooLarge(
+            f"the upload is larger than the {max_file_bytes}-byte limit", param=file_field, code="file_too_large"
+        )
 
     events: list[tuple[str, bytes]] = []
     header_field = bytearray()
@@ -61,15 +63,18 @@ async def read_multipart(request: Request, file_field: str, open_writer: Callabl
         header_field.clear()
         header_value.clear()
 
-    parser = MultipartParser(params[b"boundary"], callbacks={
-        "on_part_begin": lambda: events.append(("begin", b"")),
-        "on_header_field": on_header_field,
-        "on_header_value": on_header_value,
-        "on_header_end": on_header_end,
-        "on_headers_finished": lambda: events.append(("headers_done", b"")),
-        "on_part_data": lambda data, start, end: events.append(("data", bytes(data[start:end]))),
-        "on_part_end": lambda: events.append(("end", b"")),
-    })
+    parser = MultipartParser(
+        params[b"boundary"],
+        callbacks={
+            "on_part_begin": lambda: events.append(("begin", b"")),
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": lambda: events.append(("headers_done", b"")),
+            "on_part_data": lambda data, start, end: events.append(("data", bytes(data[start:end]))),
+            "on_part_end": lambda: events.append(("end", b"")),
+        },
+    )
 
     upload = Upload()
     part: _Part | None = None
@@ -102,8 +107,11 @@ async def read_multipart(request: Request, file_field: str, open_writer: Callabl
                 elif kind == "data" and part is not None:
                     if part.name == file_field and upload.writer is not None:
                         if upload.writer.size + len(data) > max_file_bytes:
-                            raise PayloadTooLarge(f"the upload is larger than the {max_file_bytes}-byte limit",
-                                                  param=file_field, code="file_too_large")
+                            raise PayloadTooLarge(
+                                f"the upload is larger than the {max_file_bytes}-byte limit",
+                                param=file_field,
+                                code="file_too_large",
+                            )
                         await upload.writer.write(data)
                     else:
                         part.value.extend(data)
