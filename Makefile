@@ -23,8 +23,10 @@ install: $(STAMP)
 run: install
 	$(BIN)/batchgate serve
 
-lint: install
+lint: install  # formatting, lint rules and types: CI runs it as part of make test
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
 test: install lint
 	bash scripts/ensure-postgres.sh

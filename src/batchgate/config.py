@@ -244,7 +244,7 @@ class Settings(_Strict):
                 raise ValueError(f"model {model.name!r} falls back to unknown models {unknown}")
         # Limits, leases, pins (x-tfy-provider-name) and metrics all key deployments by name.
         deployment_names = [d.name for m in self.models for d in m.deployments]
-        repeated = {n for n in deployment_names if deployment_names.count(n) > 1}
+        repeated = {n for n in deployment_names if n is not None and deployment_names.count(n) > 1}
         if repeated:
             raise ValueError(f"deployment names must be unique across models: {sorted(repeated)}")
         for rule in self.guardrails:

@@ -150,7 +150,7 @@ def decode_token(request: Request, kind: type, maximum: int = MAX_SEQ) -> Any:
         value = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))["after"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         value = None
-    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and not 0 <= value <= maximum):
+    if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and not 0 <= value <= maximum):
         raise InvalidRequest("invalid pagination_token", param="pagination_token", code="invalid_parameter")
     return value
 
@@ -403,7 +403,8 @@ async def list_results(request: Request) -> StreamingResponse:
         count, position, row = 0, after, first
         yield b'{"results":['
         while row is not None:
-            result, position = xai_result(gateway.settings, fresh, row), row["seq"]
+            result: dict[str, Any] | None = xai_result(gateway.settings, fresh, row)
+            position = row["seq"]
             row = None  # an answer is held once (parsed) while it is sent, and not while the next page is read
             if count:
                 yield b","

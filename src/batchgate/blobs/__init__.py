@@ -26,8 +26,11 @@ class BlobMismatch(Exception):
 
 
 class BlobWriter(Protocol):
-    size: int
-    lines: int  # newline-terminated lines, plus a last line without one
+    @property
+    def size(self) -> int: ...  # bytes written so far
+
+    @property
+    def lines(self) -> int: ...  # newline-terminated lines, plus a last line without one
 
     async def write(self, data: bytes) -> None: ...
     async def commit(self) -> str: ...  # returns the sha256 hex digest

@@ -13,13 +13,16 @@ import contextlib
 import errno
 import hashlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import obstore
 from obstore.store import S3Store
 
 from batchgate.blobs import CHUNK
 from batchgate.config import S3Settings
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, S3Config
 
 
 def _storage_error(exc: Exception, doing: str) -> OSError:
@@ -70,7 +73,9 @@ class S3BlobStore:
         settings = settings or S3Settings()
         # obstore reads the AWS environment itself; the config's values override it.
         client_options = {} if settings.allow_http is None else {"allow_http": settings.allow_http}
-        self._store = S3Store.from_url(url, config=settings.overrides() or None, client_options=client_options or None)
+        # Plain dicts of the keys obstore documents (its TypedDicts are for type checkers only).
+        config = cast("S3Config", settings.overrides()) or None
+        self._store = S3Store.from_url(url, config=config, client_options=cast("ClientConfig", client_options) or None)
 
     async def writer(self, key: str) -> S3Writer:
         return S3Writer(self._store, key)

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -39,7 +40,7 @@ def _settings(config: Path | None) -> Settings:
         _fail(str(exc))
 
 
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -75,7 +76,7 @@ def _drained_server_class() -> type:
         shutdown is a success, so `serve` exits 0 as `worker` does."""
 
         @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def]
+        def capture_signals(self) -> Iterator[None]:
             with super().capture_signals():
                 yield
                 self._captured_signals.clear()
@@ -112,7 +113,7 @@ def serve(
         server.should_exit = True
 
     asgi = create_app(settings, run_engine=not no_engine, on_engine_failure=stop_server)
-    config = uvicorn.Config(
+    server_config = uvicorn.Config(
         asgi,
         host=bind_host,
         port=port or settings.server.port,
@@ -123,7 +124,7 @@ def serve(
         **proxy_options(settings),
         log_config=None,
     )  # uvicorn's own records go through our handler (and format)
-    server = _drained_server_class()(config)
+    server = _drained_server_class()(server_config)
     server.run()
     if failures:
         typer.secho(f"error: {failures[0]}", fg=typer.colors.RED, err=True)
@@ -168,7 +169,8 @@ def worker(
             assert gateway.engine is not None and gateway.engine.failed is not None
             failed = gateway.engine.failed
             stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+            waiters: list[asyncio.Future[Any]] = [stopped, failed]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             return failed.result() if failed.done() else None
 

@@ -114,7 +114,8 @@ def parse_batch_params(data: dict[str, Any]) -> BatchParams:
         raise _bad("missing required parameter 'input_file_id'", "input_file_id", "missing_required_parameter")
     endpoint = parse_endpoint(data.get("endpoint"))
     window = data.get("completion_window")
-    window_s = window_seconds(window)
+    window_s = window_seconds(window)  # refuses anything but a window string
+    assert isinstance(window, str)
     return BatchParams(
         file_id,
         endpoint,

@@ -8,6 +8,7 @@ computation and a few integer increments, with no lock (one event loop) and no a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 MINUTES = 60
@@ -81,7 +82,7 @@ def recent_rows(from_minute: int) -> list[dict[str, Any]]:
 _SUMMED = {"requests", "tokens", "throttled", "errors", "peak_in_flight"}
 
 
-def snapshot(deployment: str, now: float | None = None, others: list[Any] = ()) -> dict[str, Any]:
+def snapshot(deployment: str, now: float | None = None, others: Sequence[Any] = ()) -> dict[str, Any]:
     """A deployment's last hour: `first_minute` (Unix seconds) and one list of 60 values per series.
 
     `others`: minute rows other processes published (scale-out), folded into this process's own."""

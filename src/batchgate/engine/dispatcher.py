@@ -14,6 +14,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -351,7 +352,7 @@ class Dispatcher:
             self._acquire(deployment, item.tokens, now)
             task = asyncio.create_task(self._execute(item, deployment))
             self._tasks[item.batch.id].add(task)
-            task.add_done_callback(lambda t, b=item.batch: self._done(b, t))
+            task.add_done_callback(partial(self._done, item.batch))
         ready.extendleft(reversed(waiting))
 
     def _wake_later(self, delay: float) -> None:

@@ -86,7 +86,12 @@ OUTPUT_KEYS = ("content", "text", "output_text")
 
 def input_text(body: dict[str, Any]) -> str:
     pieces: list[str] = []
-    map_texts(body, lambda s: pieces.append(s) or s, INPUT_KEYS)
+
+    def collect(text: str) -> str:
+        pieces.append(text)
+        return text
+
+    map_texts(body, collect, INPUT_KEYS)
     return "\n".join(pieces)
 
 

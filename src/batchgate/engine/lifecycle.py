@@ -215,9 +215,10 @@ class Lifecycle:
     def _start_validation(self, batch: Row) -> None:
         if batch["id"] in self._validations or len(self._validations) >= MAX_PARALLEL_VALIDATIONS:
             return
-        task = asyncio.create_task(self._validate(batch), name=f"validate-{batch['id']}")
-        self._validations[batch["id"]] = task
-        task.add_done_callback(lambda _t, b=batch["id"]: self._validation_done(b))
+        batch_id = batch["id"]
+        task = asyncio.create_task(self._validate(batch), name=f"validate-{batch_id}")
+        self._validations[batch_id] = task
+        task.add_done_callback(lambda _task: self._validation_done(batch_id))
 
     def _validation_done(self, batch_id: str) -> None:
         self._validations.pop(batch_id, None)

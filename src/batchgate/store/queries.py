@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from batchgate.domain.status import ACTIVE, BatchStatus, RequestState
@@ -29,7 +28,7 @@ from batchgate.store.tables import (
     teams,
 )
 
-Row = RowMapping
+Row = Mapping[Any, Any]  # a row as read (a RowMapping), or one being built (a dict)
 
 RESULT_PAGE_ROWS = 1000
 RESULT_PAGE_BYTES = 8 * 1024 * 1024  # answer bytes read at once when streaming results out
