@@ -11,13 +11,13 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from batchgate.api.auth import authenticate_admin
+from batchgate.api.context import gateway_of
 from batchgate.api.params import json_object
 from batchgate.api.responses import JSON
 from batchgate.domain import ids
 from batchgate.domain.errors import Conflict, InvalidRequest, NotFound
 from batchgate.domain.keys import hash_key, new_key, shown_prefix
 from batchgate.domain.pricing import cost_usd
-from batchgate.gateway import Gateway
 from batchgate.store.queries import Row
 
 MAX_NAME = 128
@@ -83,7 +83,7 @@ def key_object(row: Row, team_name: str) -> dict[str, Any]:
 
 async def create_team(request: Request) -> JSON:
     await authenticate_admin(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     data = await json_object(request)
     row = {
         "id": "team_" + ids.new_ulid(),
@@ -102,13 +102,13 @@ async def create_team(request: Request) -> JSON:
 
 async def list_teams(request: Request) -> JSON:
     await authenticate_admin(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     return JSON({"object": "list", "data": [team_object(t) for t in await gateway.store.list_teams()]})
 
 
 async def create_key(request: Request) -> JSON:
     await authenticate_admin(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     data = await json_object(request)
     team_name = _name(data, "team", True)
     assert team_name is not None
@@ -146,13 +146,13 @@ async def create_key(request: Request) -> JSON:
 
 async def list_keys(request: Request) -> JSON:
     await authenticate_admin(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     return JSON({"object": "list", "data": [key_object(r, r["team_name"]) for r in await gateway.store.list_keys()]})
 
 
 async def revoke_key(request: Request) -> JSON:
     await authenticate_admin(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     key_id = request.path_params["key_id"]
     if await gateway.store.get_key(key_id) is None:
         raise NotFound(f"no such key: {key_id!r}", param="key_id", code="key_not_found")
@@ -162,7 +162,7 @@ async def revoke_key(request: Request) -> JSON:
 
 async def usage(request: Request) -> JSON:
     await authenticate_admin(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     team_id = None
     if team_name := request.query_params.get("team"):
         team = await gateway.store.team_by_name(team_name) or await gateway.store.team_by_id(team_name)

@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 
 import orjson
 from starlette.requests import Request
 
-from batchgate.domain.errors import APIError, Forbidden, Unauthorized
+from batchgate.api.context import gateway_of
+from batchgate.domain.errors import Forbidden, RateLimited, Unauthorized
 from batchgate.domain.keys import KEY_PREFIX, hash_key, retry_after_header
-
-
-@dataclass(frozen=True)
-class Principal:
-    team_id: str | None  # None: the admin, who sees every team's objects
-    is_admin: bool
-    key_id: str | None = None
-    models: tuple[str, ...] | None = None  # models this key may use; None: all
-
-    def allowed_models(self, configured: list[str]) -> list[str]:
-        return configured if self.models is None else [m for m in configured if m in self.models]
-
-
-ADMIN = Principal(team_id=None, is_admin=True)
-
-
-class RateLimited(APIError):
-    status_code = 429
-    error_type = "rate_limit_error"
-
+from batchgate.domain.principal import ADMIN, Principal
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # Headers a reverse proxy adds: behind one, every caller reaches the loopback port.
@@ -92,7 +73,7 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def authenticate(request: Request) -> Principal:
-    gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     admin_key: str | None = gateway.settings.auth.admin_key
     token = bearer_token(request)
     if token is not None and admin_key is not None and hmac.compare_digest(token.encode(), admin_key.encode()):

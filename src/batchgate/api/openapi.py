@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from batchgate import __version__
-from batchgate.api import admin, truefoundry, xai
+from batchgate.api import admin, tfy_headers, xai
 from batchgate.api.openai import files
 from batchgate.api.responses import JSON
 from batchgate.console import api as console
@@ -312,7 +312,7 @@ def _json_body(schema: Schema) -> Schema:
     return {"required": True, **_json(schema)}
 
 
-PROVIDER = _header(truefoundry.PROVIDER_HEADER, "TrueFoundry: pin to this configured deployment name")
+PROVIDER = _header(tfy_headers.PROVIDER_HEADER, "TrueFoundry: pin to this configured deployment name")
 
 
 def _openai_paths(tag: str) -> dict[str, Schema]:
@@ -348,7 +348,7 @@ def _openai_paths(tag: str) -> dict[str, Schema]:
                     "seconds": {"type": "integer", "minimum": MIN_OUTPUT_EXPIRY_S, "maximum": MAX_OUTPUT_EXPIRY_S},
                 },
             },
-            "job_name": {"type": ["string", "null"], "minLength": 1, "maxLength": truefoundry.MAX_JOB_NAME},
+            "job_name": {"type": ["string", "null"], "minLength": 1, "maxLength": tfy_headers.MAX_JOB_NAME},
         },
         ["input_file_id", "endpoint", "completion_window"],
     )
@@ -400,7 +400,7 @@ def _openai_paths(tag: str) -> dict[str, Schema]:
                 (400, 404),
                 body=_json_body(create),
                 parameters=[
-                    _header(truefoundry.METADATA_HEADER, "TrueFoundry: a JSON object of strings merged into metadata"),
+                    _header(tfy_headers.METADATA_HEADER, "TrueFoundry: a JSON object of strings merged into metadata"),
                     PROVIDER,
                 ],
             ),

@@ -11,8 +11,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from batchgate.api.auth import authenticate, authenticate_admin
+from batchgate.api.context import gateway_of
 from batchgate.api.responses import JSON
-from batchgate.gateway import Gateway
 
 STARTED_AT = int(time.time())
 
@@ -22,7 +22,7 @@ async def health(_: Request) -> JSON:
 
 
 async def ready(request: Request) -> JSON:
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     checks: dict[str, str] = {}
     for name, probe in (("database", gateway.store.ping), ("files", gateway.blobs.ping)):
         try:
@@ -37,7 +37,7 @@ async def ready(request: Request) -> JSON:
 async def metrics(request: Request) -> Response:
     # Counters name teams' models, deployments and volumes: with an admin key set, only the admin sees
     # them (unless auth.protect_metrics: false). Open local mode answers anyone on loopback.
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     if gateway.settings.auth.metrics_protected():
         await authenticate_admin(request)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -45,7 +45,7 @@ async def metrics(request: Request) -> Response:
 
 async def models(request: Request) -> JSON:
     await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     data = [
         {"id": m.name, "object": "model", "created": STARTED_AT, "owned_by": "batchgate"}
         for m in gateway.settings.models

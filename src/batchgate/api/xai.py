@@ -21,14 +21,7 @@ from starlette.routing import Route
 
 from batchgate.api import sealed_tokens
 from batchgate.api.auth import authenticate
-from batchgate.api.openai.batches import (
-    admission,
-    batch_input_file,
-    insert_within_quota,
-    quota_error,
-    request_cancel,
-    visible_batch,
-)
+from batchgate.api.context import gateway_of, visible_batch
 from batchgate.api.params import int_param, json_object
 from batchgate.api.responses import JSON
 from batchgate.config import Settings
@@ -40,6 +33,7 @@ from batchgate.domain.status import TERMINAL, BatchStatus, RequestOutcome, Reque
 from batchgate.domain.xai_requests import ENDPOINT_KINDS, parse_add_requests
 from batchgate.engine.finalize import slices
 from batchgate.gateway import Gateway
+from batchgate.services import batches
 from batchgate.store.queries import (
     BatchClosed,
     BatchFull,
@@ -158,7 +152,7 @@ def decode_token(request: Request, kind: type, maximum: int = MAX_SEQ) -> Any:
 # ------------------------------------------------------------------ routes
 async def create_batch(request: Request) -> JSON:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     data = await json_object(request)
     name = data.get("name")
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
@@ -189,7 +183,7 @@ async def create_batch(request: Request) -> JSON:
     }
     file_id = data.get("input_file_id")
     if file_id is None:  # an open batch: requests arrive through add-calls and start at once
-        quota = await admission(gateway, principal, 0, opening=True)  # refuses a team or key over budget
+        quota = await batches.admission(gateway, principal, 0, opening=True)  # refuses a team or key over budget
         row.update(
             status=BatchStatus.IN_PROGRESS,
             in_progress_at=now,
@@ -200,14 +194,14 @@ async def create_batch(request: Request) -> JSON:
     else:  # a sealed batch from an OpenAI-format JSONL file
         if not isinstance(file_id, str):
             raise InvalidRequest("'input_file_id' must be a string", param="input_file_id", code="invalid_parameter")
-        _, quota = await batch_input_file(gateway, principal, file_id)
+        _, quota = await batches.batch_input_file(gateway, principal, file_id)
         row.update(
             status=BatchStatus.VALIDATING,
             sealed=True,
             input_file_id=file_id,
             endpoint=await _first_endpoint(gateway, file_id),
         )
-    await insert_within_quota(gateway, row, quota)
+    await batches.insert_within_quota(gateway, row, quota)
     gateway.notify()
     stored = await gateway.store.get_batch(row["id"])
     assert stored is not None
@@ -234,7 +228,7 @@ async def _first_endpoint(gateway: Gateway, file_id: str) -> str:
 
 async def list_batches(request: Request) -> JSON:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     limit = int_param(request, "limit", 100, 1, 1000)
     after = decode_token(request, str)
     rows = await gateway.store.list_batches(after=after, limit=limit + 1, team_id=principal.team_id)
@@ -245,18 +239,18 @@ async def list_batches(request: Request) -> JSON:
 
 async def get_batch(request: Request) -> JSON:
     row = await visible_batch(request, await authenticate(request))
-    return JSON(await xai_batch(request.app.state.gateway, row))
+    return JSON(await xai_batch(gateway_of(request), row))
 
 
 async def cancel_batch(request: Request) -> JSON:
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     row = await visible_batch(request, await authenticate(request))
-    return JSON(await xai_batch(gateway, await request_cancel(gateway, row)))
+    return JSON(await xai_batch(gateway, await batches.request_cancel(gateway, row)))
 
 
 async def add_requests(request: Request) -> JSON:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     limits = gateway.settings.limits
     batch = await visible_batch(request, principal)
     # Request bodies go to a blob and may hold anything; only the ids and the model reach the database.
@@ -277,7 +271,7 @@ async def add_requests(request: Request) -> JSON:
                 param=f"batch_requests[{index}].batch_request_id",
                 code="invalid_request",
             )
-    quota = await admission(gateway, principal, len(items))
+    quota = await batches.admission(gateway, principal, len(items))
     segment = "seg_" + ids.new_ulid()
     writer = await gateway.blobs.writer(segment)
     rows, offset, now = [], 0, time.time()
@@ -317,7 +311,7 @@ async def add_requests(request: Request) -> JSON:
         raise _add_error(batch, exc) from exc
     except (QueueFull, TooManyOpenBatches) as exc:
         await gateway.blobs.delete(segment)
-        raise quota_error(exc, quota) from None
+        raise batches.quota_error(exc, quota) from None
     except BaseException:
         await gateway.blobs.delete(segment)
         raise
@@ -355,7 +349,7 @@ def _add_error(batch: Row, exc: Exception) -> APIError:
 
 async def list_requests(request: Request) -> JSON:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     batch = await visible_batch(request, principal)
     limit = int_param(request, "limit", 100, 1, 1000)
     after = decode_token(request, int, MAX_LINE) or 0
@@ -386,7 +380,7 @@ async def list_results(request: Request) -> StreamingResponse:
     so far has ended (for an open batch, more may be added later). Streamed: a page of large answers
     is never held whole."""
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     batch = await visible_batch(request, principal)
     limit = int_param(request, "limit", 100, 1, 1000)
     after = _results_position(request, gateway, batch["id"])

@@ -17,13 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from batchgate.api.auth import Principal, authenticate
-from batchgate.api.openai.batches import visible_batch
+from batchgate.api.auth import authenticate
+from batchgate.api.context import gateway_of, visible_batch
 from batchgate.api.openai.serialize import batch_object
 from batchgate.api.params import int_param
 from batchgate.api.responses import JSON
 from batchgate.domain.errors import InvalidRequest, NotFound
 from batchgate.domain.pricing import cost_usd
+from batchgate.domain.principal import Principal
 from batchgate.domain.status import CANCELLABLE, TERMINAL, BatchStatus, RequestOutcome, RequestState
 from batchgate.engine import activity
 from batchgate.engine.finalize import result_line
@@ -137,7 +138,7 @@ def metadata_needle(raw: str) -> str:
 
 async def session(request: Request) -> JSON:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     team = await gateway.store.team_by_id(principal.team_id) if principal.team_id else None
     return JSON(
         {
@@ -155,7 +156,7 @@ async def session(request: Request) -> JSON:
 
 async def list_batches(request: Request) -> Response:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     params = request.query_params
     limit = int_param(request, "limit", 25, 1, 100)
     status = optional_choice(request, "status", STATUSES)
@@ -185,7 +186,7 @@ async def list_batches(request: Request) -> Response:
 
 async def batch_detail(request: Request) -> Response:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     row = await visible_batch(request, principal)
     names = await team_names(gateway, principal)
     timeline = sorted(
@@ -217,7 +218,7 @@ def request_state(row: Row) -> str:
 
 async def batch_requests(request: Request) -> Response:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     batch = await visible_batch(request, principal)
     limit = int_param(request, "limit", 50, 1, 500)
     after = int_param(request, "after", 0, 0, 2**31 - 1)
@@ -243,7 +244,7 @@ async def batch_requests(request: Request) -> Response:
 async def batch_result(request: Request) -> JSON:
     """One request's output or error line, exactly as the batch's files hold (or will hold) it."""
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     batch = await visible_batch(request, principal)
     custom_id = request.query_params.get("custom_id")
     if custom_id is None and request.query_params.get("line") is None:
@@ -270,7 +271,7 @@ async def batch_result(request: Request) -> JSON:
 
 async def deployments(request: Request) -> Response:
     await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     pools = gateway.engine.pools if gateway.engine is not None else {}
     now = time.time()
     # Scale-out (a shared database): the other engines' published minutes join this process's own.

@@ -59,3 +59,8 @@ class Conflict(APIError):
 class PayloadTooLarge(APIError):
     status_code = 413
     error_type = "invalid_request_error"
+
+
+class RateLimited(APIError):
+    status_code = 429
+    error_type = "rate_limit_error"

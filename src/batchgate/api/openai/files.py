@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from batchgate.api import truefoundry
+from batchgate.api import tfy_headers
 from batchgate.api.auth import authenticate
+from batchgate.api.context import gateway_of
 from batchgate.api.openai.multipart import read_multipart
 from batchgate.api.openai.serialize import file_object, page
 from batchgate.api.params import choice_param, int_param
@@ -79,8 +80,8 @@ def storage_error(exc: OSError) -> StorageError:
 
 async def upload_file(request: Request) -> JSON:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
-    pinned = truefoundry.provider_name(request, gateway)  # checked before a byte is stored
+    gateway = gateway_of(request)
+    pinned = tfy_headers.provider_name(request, gateway)  # checked before a byte is stored
     file_id = ids.file_id()
     try:  # read_multipart aborts the blob on any error, so a failed write leaves nothing behind
         upload = await read_multipart(
@@ -137,7 +138,7 @@ async def upload_file(request: Request) -> JSON:
 
 async def list_files(request: Request) -> JSON:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     limit = int_param(request, "limit", 10_000, 1, 10_000)
     order = choice_param(request, "order", "desc", ("asc", "desc"))
     purpose = request.query_params.get("purpose") or None
@@ -158,7 +159,7 @@ async def list_files(request: Request) -> JSON:
 
 async def _visible_file(request: Request) -> tuple[Gateway, dict]:
     principal = await authenticate(request)
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     file_id = request.path_params["file_id"]
     row = await gateway.store.get_file(file_id, int(time.time()), team_id=principal.team_id)
     if row is None:
