@@ -2,23 +2,31 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 # llama-cpp-python compiles from source (no wheel for this platform); use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 # A portable build: GGML_NATIVE picked instructions this machine's CPU traps on (invalid opcode in
 # libggml-cpu), and pip's wheel cache would hand that build to every later install here.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install run test lint chaos bench bench-detail bench-memory bench-pg screenshots clean
+.PHONY: install lock run test lint chaos bench bench-detail bench-memory bench-pg screenshots clean
 
-$(STAMP): pyproject.toml
+# Exactly the locked versions (requirements.lock, with hashes), then batchgate itself on top.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lock:  # re-resolve requirements.lock from pyproject.toml (latest versions its ranges allow, every hash)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra local --extra dev --generate-hashes --python-version 3.11 \
+		--no-header -o requirements.lock
+	sed -i '1i # Exact versions and hashes of everything `make install` puts in .venv (what CI tested).\n# Regenerate with `make lock` after changing dependencies in pyproject.toml.' requirements.lock
 
 run: install
 	$(BIN)/batchgate serve
