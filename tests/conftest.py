@@ -12,7 +12,7 @@ import pytest
 
 from batchgate.store.database import create_engine
 from batchgate.store.migrate import upgrade_to_head
-from batchgate.store.queries import Store
+from batchgate.store.store import Store
 from tests.harness import (
     FakeUpstreamProcess,
     ServerProcess,

@@ -15,7 +15,7 @@ from batchgate.domain.keys import RateLimiter
 from batchgate.engine.core import Engine
 from batchgate.store.database import create_engine, is_sqlite
 from batchgate.store.migrate import upgrade_to_head
-from batchgate.store.queries import Store
+from batchgate.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from batchgate.blobs import LocalBlobStore, LocalWriter
 from batchgate.config import Settings
 from batchgate.engine.core import Engine
-from batchgate.store.queries import FinishedRequest, Store
+from batchgate.store.records import FinishedRequest
+from batchgate.store.store import Store
 
 
 class RacingBlobs(LocalBlobStore):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from batchgate.store.queries import Store
+from batchgate.store.store import Store
 
 
 async def test_a_full_bucket_gives_rpm_tokens_then_says_when_the_next_is_due(pg_store: Store) -> None:

@@ -18,7 +18,8 @@ from batchgate.engine.deployments import Deployment, ModelPool
 from batchgate.engine.limits import DeploymentLimits
 from batchgate.store.database import create_engine
 from batchgate.store.migrate import upgrade_to_head
-from batchgate.store.queries import CapacityLease, Store
+from batchgate.store.records import CapacityLease
+from batchgate.store.store import Store
 from batchgate.upstreams.base import UpstreamReply
 
 

@@ -15,7 +15,8 @@ from batchgate.domain.status import BatchStatus
 from batchgate.engine import transitions
 from batchgate.store.database import create_engine
 from batchgate.store.migrate import upgrade_to_head
-from batchgate.store.queries import Row, Store
+from batchgate.store.records import Row
+from batchgate.store.store import Store
 
 PARAMS = BatchParams(
     input_file_id="file-input",

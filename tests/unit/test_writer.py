@@ -11,7 +11,7 @@ from sqlalchemy import exc as sa_exc
 
 from batchgate.engine.writer import ResultWriter
 from batchgate.store.outage import OutageLog, is_data_error, is_transient
-from batchgate.store.queries import FinishedRequest
+from batchgate.store.records import FinishedRequest
 
 
 def answer(line_no: int, body: str = '{"ok":true}') -> FinishedRequest:

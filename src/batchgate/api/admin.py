@@ -18,7 +18,7 @@ from batchgate.domain import ids
 from batchgate.domain.errors import Conflict, InvalidRequest, NotFound
 from batchgate.domain.keys import hash_key, new_key, shown_prefix
 from batchgate.domain.pricing import cost_usd
-from batchgate.store.queries import Row
+from batchgate.store.records import Row
 
 MAX_NAME = 128
 # Largest values the columns hold (rpm and max_queued_requests are INTEGER, timestamps BIGINT): a

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from batchgate.domain.principal import Principal
 from batchgate.gateway import Gateway
 from batchgate.services import batches
-from batchgate.store.queries import Row
+from batchgate.store.records import Row
 
 
 def gateway_of(request: Request) -> Gateway:

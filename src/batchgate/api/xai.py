@@ -34,7 +34,7 @@ from batchgate.domain.xai_requests import ENDPOINT_KINDS, parse_add_requests
 from batchgate.engine.finalize import slices
 from batchgate.gateway import Gateway
 from batchgate.services import batches
-from batchgate.store.queries import (
+from batchgate.store.records import (
     BatchClosed,
     BatchFull,
     DuplicateRequestIds,

@@ -25,7 +25,7 @@ from batchgate.domain.params import SERVED_ENDPOINTS, BatchParams, new_batch_row
 from batchgate.domain.status import TERMINAL, BatchStatus
 from batchgate.engine.aio import wait_for_event
 from batchgate.gateway import Gateway, open_gateway
-from batchgate.store.queries import Row
+from batchgate.store.records import Row
 
 OFFLINE_WINDOW = "366d"  # an offline run has no deadline but the one the user gives by stopping it
 STATE_FILE = "run.json"

@@ -29,8 +29,7 @@ from batchgate.domain.status import CANCELLABLE, TERMINAL, BatchStatus, RequestO
 from batchgate.engine import activity
 from batchgate.engine.finalize import result_line
 from batchgate.gateway import Gateway
-from batchgate.store import queries
-from batchgate.store.queries import Row
+from batchgate.store.records import Row
 
 STATUSES = tuple(BatchStatus)
 REQUEST_STATES = tuple(RequestState)
@@ -170,8 +169,7 @@ async def list_batches(request: Request) -> Response:
             return page_of(request, [], False, "id")
         team_id = wanted
     metadata = params.get("metadata")
-    rows = await queries.console_batch_page(
-        gateway.store,
+    rows = await gateway.store.console_batch_page(
         team_id=team_id,
         after=params.get("after") or None,
         limit=limit + 1,
@@ -223,9 +221,7 @@ async def batch_requests(request: Request) -> Response:
     limit = int_param(request, "limit", 50, 1, 500)
     after = int_param(request, "after", 0, 0, 2**31 - 1)
     state = optional_choice(request, "state", REQUEST_STATES)
-    rows = await queries.console_request_page(
-        gateway.store, batch["id"], after_line=after, limit=limit + 1, state=state
-    )
+    rows = await gateway.store.console_request_page(batch["id"], after_line=after, limit=limit + 1, state=state)
     data = [
         {
             "line": r["line_no"],
@@ -250,7 +246,7 @@ async def batch_result(request: Request) -> JSON:
     if custom_id is None and request.query_params.get("line") is None:
         raise InvalidRequest("give 'line' or 'custom_id'", param="line", code="missing_required_parameter")
     line_no = None if custom_id is not None else int_param(request, "line", 1, 1, 2**31 - 1)
-    row = await queries.console_result(gateway.store, batch["id"], line_no=line_no, custom_id=custom_id)
+    row = await gateway.store.console_result(batch["id"], line_no=line_no, custom_id=custom_id)
     if row is None:
         which = f"custom_id {custom_id!r}" if custom_id is not None else f"line {line_no}"
         raise NotFound(
@@ -277,8 +273,7 @@ async def deployments(request: Request) -> Response:
     # Scale-out (a shared database): the other engines' published minutes join this process's own.
     shared = gateway.store.dialect != "sqlite"
     others = (
-        await queries.activity_minutes(
-            gateway.store,
+        await gateway.store.activity_minutes(
             int(now) // 60 - activity.MINUTES + 1,
             exclude_owner=gateway.engine.owner if gateway.engine is not None else None,
         )

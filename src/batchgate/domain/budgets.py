@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from batchgate.config import Settings
 from batchgate.domain.pricing import cost_usd
-from batchgate.store.queries import Store
+from batchgate.store.store import Store
 
 
 async def spend_usd(

@@ -20,7 +20,8 @@ from batchgate.engine.aio import wait_for_event
 from batchgate.engine.deployments import Deployment, ModelPool
 from batchgate.observability import metrics
 from batchgate.store.outage import describe
-from batchgate.store.queries import CapacityLease, Store
+from batchgate.store.records import CapacityLease
+from batchgate.store.store import Store
 
 log = logging.getLogger(__name__)
 

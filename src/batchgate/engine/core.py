@@ -27,9 +27,8 @@ from batchgate.engine.dispatcher import Dispatcher
 from batchgate.engine.guardrails import Guardrails
 from batchgate.engine.lifecycle import Lifecycle
 from batchgate.engine.writer import ResultWriter
-from batchgate.store import queries
 from batchgate.store.outage import describe, is_transient
-from batchgate.store.queries import Store
+from batchgate.store.store import Store
 
 log = logging.getLogger(__name__)
 ACTIVITY_PUBLISH_S = 5.0  # how stale another worker's figures on the console may be
@@ -141,8 +140,8 @@ class Engine:
 
     async def publish_activity(self) -> None:
         minute = int(time.time()) // 60
-        await queries.publish_activity(
-            self._store, self.owner, activity.recent_rows(minute - 1), keep_from_minute=minute - activity.MINUTES
+        await self._store.publish_activity(
+            self.owner, activity.recent_rows(minute - 1), keep_from_minute=minute - activity.MINUTES
         )
 
     async def _sweep_orphan_blobs(self) -> None:

@@ -33,7 +33,8 @@ from batchgate.engine.retry import backoff_s, is_retryable
 from batchgate.engine.usage import extract_usage
 from batchgate.engine.writer import ResultWriter
 from batchgate.observability import metrics, tracing
-from batchgate.store.queries import ClaimedRequest, FinishedRequest, Store
+from batchgate.store.records import ClaimedRequest, FinishedRequest
+from batchgate.store.store import Store
 from batchgate.upstreams.base import UpstreamReply
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import orjson
 
 from batchgate.blobs import BlobStore, BlobWriter
 from batchgate.domain import ids
-from batchgate.store.queries import Row, Store
+from batchgate.store.records import Row
+from batchgate.store.store import Store
 
 STREAM_SLICE_BYTES = 1 << 20  # what a streamed response hands the socket at a time
 SEPARATE_BODY_BYTES = 1 << 16  # a larger answer is not copied into its line

@@ -29,7 +29,8 @@ from batchgate.engine.finalize import write_result_files
 from batchgate.engine.validate import ValidationReport, validate_input
 from batchgate.engine.writer import ResultWriter
 from batchgate.observability import metrics, tracing
-from batchgate.store.queries import Row, Store
+from batchgate.store.records import Row
+from batchgate.store.store import Store
 
 log = logging.getLogger(__name__)
 Finish = Callable[[Store, Row, transitions.Files], Awaitable[bool]]  # one of the transitions that end a batch

@@ -17,7 +17,8 @@ from typing import Any
 from batchgate.domain.dialects import DialectRules
 from batchgate.domain.status import CANCELLABLE, BatchStatus
 from batchgate.observability import metrics
-from batchgate.store.queries import Row, Store
+from batchgate.store.records import Row
+from batchgate.store.store import Store
 
 log = logging.getLogger(__name__)
 Files = dict[str, dict[str, Any]]  # the new file rows by role ("output", "error"): engine/finalize.py

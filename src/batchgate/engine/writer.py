@@ -15,7 +15,8 @@ from dataclasses import replace
 
 from batchgate.engine.aio import wait_for_event
 from batchgate.store.outage import OutageLog, describe, is_data_error, is_transient
-from batchgate.store.queries import FinishedRequest, Store
+from batchgate.store.records import FinishedRequest
+from batchgate.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from batchgate.domain.principal import Principal
 from batchgate.domain.status import CANCELLABLE, TERMINAL, BatchStatus
 from batchgate.engine import transitions
 from batchgate.gateway import Gateway
-from batchgate.store.queries import QueueFull, Quota, Row, TooManyOpenBatches
+from batchgate.store.records import QueueFull, Quota, Row, TooManyOpenBatches
 
 
 async def create_batch(

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from batchgate.store.queries import Row
+from batchgate.store.records import Row
 
 _BATCH_TIMESTAMPS = (
     "created_at",
