@@ -76,6 +76,16 @@ def postgres() -> Iterator[PostgresCluster]:
 
 
 @pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A Store on a fresh SQLite database in tmp_path, migrated to head."""
+    database = create_engine(f"sqlite:///{tmp_path / 'batchgate.db'}")
+    await upgrade_to_head(database)
+    store = Store(database)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
 async def pg_store(postgres: PostgresCluster) -> AsyncIterator[Store]:
     """A Store on a fresh PostgreSQL database, migrated to head."""
     database = create_engine(postgres.new_database())

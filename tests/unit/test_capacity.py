@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -16,8 +14,6 @@ from batchgate.config import DeploymentConfig, EngineConfig, ModelConfig
 from batchgate.engine.capacity import CapacityCoordinator, decide_lease, max_min_fair
 from batchgate.engine.deployments import Deployment, ModelPool
 from batchgate.engine.limits import DeploymentLimits
-from batchgate.store.database import create_engine
-from batchgate.store.migrate import upgrade_to_head
 from batchgate.store.records import CapacityLease
 from batchgate.store.store import Store
 from batchgate.upstreams.base import UpstreamReply
@@ -140,12 +136,8 @@ def _pool(max_concurrency: int) -> dict[str, ModelPool]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    database = create_engine(f"sqlite:///{tmp_path / 'capacity.db'}")
-    await upgrade_to_head(database)
-    store = Store(database)
-    yield store
-    await store.close()
+def store(sqlite_store: Store) -> Store:
+    return sqlite_store
 
 
 async def test_three_coordinators_converge_to_equal_parts_and_release_on_stop(store: Store) -> None:

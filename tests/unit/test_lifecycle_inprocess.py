@@ -25,8 +25,6 @@ from batchgate.domain.params import BatchParams, new_batch_row
 from batchgate.domain.status import BatchStatus
 from batchgate.engine import transitions
 from batchgate.engine.core import Engine
-from batchgate.store.database import create_engine
-from batchgate.store.migrate import upgrade_to_head
 from batchgate.store.records import FinishedRequest, Row
 from batchgate.store.store import Store
 
@@ -122,17 +120,13 @@ def chat(custom_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    database = create_engine(f"sqlite:///{tmp_path / 'lifecycle.db'}")
-    await upgrade_to_head(database)
-    store = Store(database)
+async def world(sqlite_store: Store, tmp_path: Path) -> AsyncIterator[World]:
     blobs = LocalBlobStore(str(tmp_path / "files"))
-    engine = Engine(SETTINGS, store, blobs, single_node=True)
+    engine = Engine(SETTINGS, sqlite_store, blobs, single_node=True)
     try:
-        yield World(store, blobs, engine)
+        yield World(sqlite_store, blobs, engine)
     finally:
         await engine.dispatcher.stop()
-        await store.close()
 
 
 def settled(row: Row) -> bool:

@@ -4,8 +4,6 @@ out of the statuses it names, once, with its time stamp; the dialect's rules dec
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +11,6 @@ from batchgate.domain.dialects import rules_for
 from batchgate.domain.params import BatchParams, new_batch_row
 from batchgate.domain.status import BatchStatus
 from batchgate.engine import transitions
-from batchgate.store.database import create_engine
-from batchgate.store.migrate import upgrade_to_head
 from batchgate.store.records import Row
 from batchgate.store.store import Store
 
@@ -29,12 +25,8 @@ PARAMS = BatchParams(
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    database = create_engine(f"sqlite:///{tmp_path / 'transitions.db'}")
-    await upgrade_to_head(database)
-    store = Store(database)
-    yield store
-    await store.close()
+def store(sqlite_store: Store) -> Store:
+    return sqlite_store
 
 
 async def new_batch(store: Store, status: BatchStatus = BatchStatus.VALIDATING, dialect: str = "openai") -> Row:
