@@ -57,6 +57,17 @@ def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
     return err
 
 
+def test_a_newline_in_a_console_path_gets_the_page_or_a_json_404_never_the_page_for_the_api(
+    http: httpx.Client,
+) -> None:
+    """Starlette's path patterns stop at a newline (%0A): the page's catch-all must not answer for the API."""
+    page = http.get("/ui/batches/a%0A")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for path in ("/ui/api/batches/a%0A", "/ui/api/%0A", "/ui/static/a%0A", "/ui/api/batches/%C3%B8H%E9%A2%93%0A"):
+        err = error_of(http.get(path), 404)
+        assert "unknown route" in err["message"], err
+
+
 def test_the_console_is_served_with_a_same_origin_only_policy(http: httpx.Client) -> None:
     assert http.get("/ui").status_code == 307
     for path in ("/ui/", "/ui/batches/batch_x", "/ui/files"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.convertors import PathConvertor, register_url_convertor
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -57,7 +58,11 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-async def index(_: Request) -> FileResponse:
+async def index(request: Request) -> FileResponse:
+    # Mount's own pattern stops at a newline too: such an /ui/api/… or /ui/static/… path lands here,
+    # and is answered as what it is (no such route, in the JSON envelope), not with the page.
+    if request.scope["path"].startswith(("/ui/api/", "/ui/static/")):
+        raise HTTPException(404)
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
