@@ -28,6 +28,8 @@ module, cls, attr, fault = sys.argv[1:5]
 async def broken(self, *args, **kwargs):
     if fault == "hang":
         await asyncio.Event().wait()
+    if fault == "cancel":
+        raise asyncio.CancelledError()
     raise RuntimeError("injected fault: " + cls + "." + attr)
 setattr(getattr(importlib.import_module(module), cls), attr, broken)
 from batchgate.cli.main import main
@@ -129,3 +131,10 @@ def _health(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_a_loop_cancelled_outside_a_stop_is_a_failure_too(tmp_path: Path, upstream: FakeUpstreamProcess) -> None:
+    proc, _ = start(tmp_path, upstream, ("batchgate.engine.lifecycle", "Lifecycle", "run"), "cancel", "serve")
+    code, output = finished(proc)
+    assert code == 1, output
+    assert "engine loop 'lifecycle' stopped (it was cancelled)" in output, output

@@ -339,3 +339,72 @@ def test_a_body_at_a_modest_steady_rate_is_accepted(tight: ServerProcess) -> Non
             time.sleep(0.1)  # pacing a slow client, not synchronisation
         status, _, answer = read_response(sock, bytearray())
     assert status == 200, answer
+
+
+# ---------------------------------------------------------------------------- after the headers
+def test_trailers_of_a_chunked_body_are_capped_like_headers(plain: ServerProcess) -> None:
+    """httptools buffers a chunked body's trailers like headers: past the head's limit the connection goes."""
+    assert plain.pid is not None
+    rss_before = psutil.Process(plain.pid).memory_info().rss
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n"
+    ).encode()
+    with connect(plain) as sock:
+        sock.sendall(head + b"5\r\n--htt\r\n0\r\n")  # a body, its last chunk, then trailers without end
+        closed = False
+        for _ in range(64):  # up to 64 MiB of trailer lines, a MiB at a time, until the server hangs up
+            try:
+                sock.sendall(b"X-T: " + b"a" * 1_048_570 + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+        assert closed or is_closed(sock), "the server kept reading trailers"
+    assert psutil.Process(plain.pid).memory_info().rss < rss_before + 32 * 1_048_576
+
+
+def test_an_answer_before_the_body_closes_the_connection(plain: ServerProcess) -> None:
+    """A 404 to a 100 GB upload: the rest of the body is not waited for, one dripped byte at a time."""
+    with connect(plain) as sock:
+        sock.sendall(b"POST /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000000\r\n\r\nx")
+        status, _, body = read_response(sock, bytearray())
+        assert status == 404
+        assert_envelope(body, "not_found")
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + 10
+        while True:  # one byte every 0.2 s: without the close this never ends
+            assert time.monotonic() < deadline, "the server kept the connection open for the dripped body"
+            send_ignoring_close(sock, b"x")
+            try:
+                if sock.recv(65536) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                break
+
+
+def test_upgrade_requests_do_not_use_up_the_per_client_cap(capped: ServerProcess) -> None:
+    """A WebSocket upgrade used to swap the connection's protocol and never give its count back."""
+    upgrade = get(
+        "/health",
+        Upgrade="websocket",
+        Connection="Upgrade",
+        **{"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"},
+    )
+    for _ in range(PER_CLIENT + 2):
+        with connect(capped) as sock:
+            sock.sendall(upgrade)
+            assert read_response(sock, bytearray())[0] == 200
+    with ExitStack() as stack:
+
+        def all_admitted() -> bool:
+            socks = [stack.enter_context(connect(capped)) for _ in range(PER_CLIENT)]
+            for sock in socks:
+                send_ignoring_close(sock, get("/health"))
+            statuses = [read_response(sock, bytearray())[0] for sock in socks]
+            for sock in socks:
+                sock.close()
+            return statuses == [200] * PER_CLIENT
+
+        poll_until(all_admitted, 10, message="connections were refused after upgrade requests had closed")

@@ -75,6 +75,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._message_ended = False  # a request ended inside the chunk being parsed
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered with a refusal: whatever else arrives is dropped
+        self._body_in_read = 0  # body bytes the parser handed on during the current read
+        self._since_body = 0  # bytes after the headers in reads that carried no body (framing, trailers)
 
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -102,14 +104,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             self._arm_head_timer()
         self._message_ended = False
+        self._body_in_read = 0
         super().data_received(data)  # parse first: a body that came with its headers is not head bytes
         # A chunk in which one request ended may carry the next one's head after its body; the split
         # is unknown, so such a chunk is not counted (at most one read of slack, never a false refusal).
-        if self._refused or not self._in_head or self._message_ended:
+        if self._refused or self._message_ended:
             return
-        self._head_bytes += len(data)
-        if self._head_bytes > self.max_header_bytes:
-            self._refuse_large_head()
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse_large_head()
+            return
+        # After the headers every byte is body, except a chunked body's framing and its trailers (which
+        # httptools buffers like headers): bytes in reads that carried no body count like a head.
+        self._since_body = 0 if self._body_in_read else self._since_body + len(data)
+        if self._since_body > self.max_header_bytes:
+            self._drop(f"more than {self.max_header_bytes} bytes of chunk framing or trailers")
 
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
@@ -124,6 +134,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._in_head = False
+        self._since_body = 0
         self._cancel_head_timer()
         if self._head_size() > self.max_header_bytes:  # a whole oversized head can arrive in one read
             self._refuse_large_head()
@@ -131,8 +142,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._body_in_read += len(body)
         if not self._refused:
             super().on_body(body)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Answered before its body arrived (a 401 or 404 to an upload): uvicorn would read and drop the
+        # rest for as long as the client sends it, one byte at a time if it likes. Close instead.
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            self._refused = True
+            self._close_soon()
 
     def on_message_complete(self) -> None:
         self._message_ended = True
@@ -204,8 +224,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(
             error_response(status, error_type, code, message, self.server_state.default_headers, headers)
         )
+        self._close_soon()
+
+    def _close_soon(self) -> None:
         if not self.transport.can_write_eof():
             self.transport.close()
             return
         self.transport.write_eof()  # the client sees the close at once; the socket goes when it hangs up
         self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _drop(self, why: str) -> None:
+        """Close without an answer: the request's own answer may be under way or already sent."""
+        self._refused = True
+        self._cancel_head_timer()
+        log.info("dropped a connection from %s: %s", self.client[0] if self.client else "?", why)
+        self.transport.close()

@@ -121,6 +121,7 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
         http=limited_protocol(settings.limits),
+        ws="none",  # no WebSocket routes; an upgrade would also swap the protocol and skip its bookkeeping
         **proxy_options(settings),
         log_config=None,
     )  # uvicorn's own records go through our handler (and format)

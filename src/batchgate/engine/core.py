@@ -112,10 +112,10 @@ class Engine:
         return task
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
-        if self._stopping or task.cancelled():
+        if self._stopping:
             return
-        exc = task.exception()
-        why = f"{type(exc).__name__}: {exc}" if exc is not None else "it returned"
+        exc = None if task.cancelled() else task.exception()
+        why = "it was cancelled" if task.cancelled() else f"{type(exc).__name__}: {exc}" if exc else "it returned"
         log.critical(
             "engine loop %r stopped (%s); the engine cannot go on without it, so the process stops",
             task.get_name(),

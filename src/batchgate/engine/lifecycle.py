@@ -319,7 +319,7 @@ class Lifecycle:
         """A bad input file: the batch fails (or, where the dialect says so, is cancelled saying why)."""
         first = report.errors[0]
         where = f"line {first['line']}: " if first.get("line") else ""
-        why = f"{where}{first['code']}: {first['message']} ({report.error_count} errors)"
+        why = f"{where}{first['code']}: {first['message']}"
         if await transitions.fail_validation(
             self._store, batch, rules_for(batch["dialect"]), orjson.dumps(report.as_errors_object()).decode(), why
         ):
