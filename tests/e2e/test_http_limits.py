@@ -363,16 +363,16 @@ def test_trailers_of_a_chunked_body_are_capped_like_headers(plain: ServerProcess
     assert psutil.Process(plain.pid).memory_info().rss < rss_before + 32 * 1_048_576
 
 
-def test_an_answer_before_the_body_closes_the_connection(plain: ServerProcess) -> None:
-    """A 404 to a 100 GB upload: the rest of the body is not waited for, one dripped byte at a time."""
-    with connect(plain) as sock:
+def test_an_answer_before_the_body_closes_the_connection(tight: ServerProcess) -> None:
+    """A 404 to a 100 GB upload: the rest of the body gets the head's deadline, however it drips."""
+    with connect(tight) as sock:
         sock.sendall(b"POST /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000000\r\n\r\nx")
         status, _, body = read_response(sock, bytearray())
         assert status == 404
         assert_envelope(body, "not_found")
         sock.settimeout(0.2)
-        deadline = time.monotonic() + 10
-        while True:  # one byte every 0.2 s: without the close this never ends
+        deadline = time.monotonic() + HEADER_TIMEOUT_S + 5
+        while True:  # one byte every 0.2 s: without the deadline this never ends
             assert time.monotonic() < deadline, "the server kept the connection open for the dripped body"
             send_ignoring_close(sock, b"x")
             try:
@@ -408,3 +408,13 @@ def test_upgrade_requests_do_not_use_up_the_per_client_cap(capped: ServerProcess
             return statuses == [200] * PER_CLIENT
 
         poll_until(all_admitted, 10, message="connections were refused after upgrade requests had closed")
+
+
+def test_a_route_that_ignores_its_small_body_keeps_the_connection(plain: ServerProcess) -> None:
+    """Answered before its body arrived, then the body and a second request on the same connection."""
+    with connect(plain) as sock:
+        buffered = bytearray()
+        sock.sendall(b"POST /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n")
+        assert read_response(sock, buffered)[0] == 404
+        sock.sendall(b"{}" + get("/health"))
+        assert read_response(sock, buffered)[0] == 200

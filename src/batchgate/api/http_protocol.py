@@ -74,6 +74,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received while the current request's head is incomplete
         self._message_ended = False  # a request ended inside the chunk being parsed
         self._head_timer: asyncio.TimerHandle | None = None
+        self._unread_timer: asyncio.TimerHandle | None = None  # the rest of an answered request's body is due
         self._refused = False  # answered with a refusal: whatever else arrives is dropped
         self._body_in_read = 0  # body bytes the parser handed on during the current read
         self._since_body = 0  # bytes after the headers in reads that carried no body (framing, trailers)
@@ -95,6 +96,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_unread_timer()
         self._release()
         super().connection_lost(exc)
 
@@ -148,13 +150,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # Answered before its body arrived (a 401 or 404 to an upload): uvicorn would read and drop the
-        # rest for as long as the client sends it, one byte at a time if it likes. Close instead.
+        # Answered before its body arrived (a 401 or 404 to an upload, a route that ignores its body):
+        # uvicorn reads and drops the rest for as long as the client sends it, one byte at a time if it
+        # likes. The rest gets the head's deadline; a small body in flight still keeps the connection.
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
-            self._refused = True
-            self._close_soon()
+            self._cancel_unread_timer()
+            self._unread_timer = self.loop.call_later(self.header_timeout_s, self._unread_body_timed_out)
+
+    def _unread_body_timed_out(self) -> None:
+        self._unread_timer = None
+        if self.cycle is not None and self.cycle.more_body:
+            self._drop(f"the rest of an answered request's body did not arrive within {self.header_timeout_s:g} s")
+
+    def _cancel_unread_timer(self) -> None:
+        if self._unread_timer is not None:
+            self._unread_timer.cancel()
+            self._unread_timer = None
 
     def on_message_complete(self) -> None:
+        self._cancel_unread_timer()
         self._message_ended = True
         self._in_head = True  # what follows is the next request's head
         if not self._refused:
